@@ -1,0 +1,60 @@
+//! The Redis key layout, shared by the node, the `Publisher` and the function library.
+//!
+//! Every key of a topic carries the hash tag `{<topic>}`. Topics cannot contain
+//! braces, so the tag is the whole topic name and all of a topic's keys live in the
+//! same cluster slot as the key `FCALL sluice_publish 1 <topic>` declares.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq` |
+//! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
+//! | `sluice:node:<id>` | string (JSON) | the cluster registry record of a live node |
+
+/// The hash holding a topic's seq counter, epoch and snapshot.
+pub fn meta(topic: &str) -> String {
+    format!("sluice:{{{topic}}}:meta")
+}
+
+/// The stream holding a topic's retained history.
+pub fn stream(topic: &str) -> String {
+    format!("sluice:{{{topic}}}:stream")
+}
+
+/// Recovers the topic from a stream key built by [`stream`].
+pub fn topic_of_stream(key: &str) -> Option<&str> {
+    key.strip_prefix("sluice:{")?.strip_suffix("}:stream")
+}
+
+/// A stream entry id for `seq` in the epoch created at `epoch_ms`.
+pub fn entry_id(epoch_ms: u64, seq: u64) -> String {
+    format!("{epoch_ms}-{seq}")
+}
+
+/// Splits an entry id `<ms>-<seq>` into its parts.
+pub fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_topic_hash_tag() {
+        assert_eq!(meta("prices.IN1"), "sluice:{prices.IN1}:meta");
+        assert_eq!(stream("prices.IN1"), "sluice:{prices.IN1}:stream");
+        assert_eq!(topic_of_stream(&stream("a.b:c")), Some("a.b:c"));
+        assert_eq!(topic_of_stream("other"), None);
+    }
+
+    #[test]
+    fn entry_ids_round_trip() {
+        assert_eq!(
+            parse_entry_id(&entry_id(1_700_000_000_123, 42)),
+            Some((1_700_000_000_123, 42))
+        );
+        assert_eq!(parse_entry_id("12"), None);
+        assert_eq!(parse_entry_id("a-1"), None);
+    }
+}

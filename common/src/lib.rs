@@ -1,0 +1,22 @@
+//! Sluice's shared vocabulary: wire protocol v1, topic rules, close and error codes,
+//! stream positions and the Redis key layout. Free of any async runtime so every
+//! program (node, engines, tests, load generator) can depend on it.
+
+pub mod close_code;
+pub mod error_code;
+pub mod keys;
+pub mod position;
+pub mod protocol;
+pub mod time_fmt;
+pub mod topic;
+
+#[cfg(feature = "publisher")]
+pub mod publisher;
+
+pub use close_code::CloseCode;
+pub use error_code::ErrorCode;
+pub use position::StreamPosition;
+pub use topic::{Topic, TopicError, TopicFilter};
+
+/// Version of the wire protocol announced in the `connected` frame.
+pub const PROTOCOL_VERSION: u32 = 1;

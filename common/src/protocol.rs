@@ -1,0 +1,440 @@
+//! Wire protocol v1: the JSON frames clients send, the frames the server sends, and
+//! the one function that turns any client text into a frame or a coded error.
+//!
+//! Parsing never panics and never loses the client's `correlation_id` when one was
+//! readable, so even an error can be matched to the request that caused it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{error_code::ErrorCode, time_fmt, topic::TopicFilter};
+
+/// Largest `batch_size` a subscription may ask for.
+pub const MAX_BATCH_SIZE: u32 = 1000;
+
+/// A frame from a client, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Subscribe(Subscribe),
+    Unsubscribe {
+        topics: Vec<TopicFilter>,
+        correlation_id: Option<Value>,
+    },
+    Ping {
+        correlation_id: Option<Value>,
+        ts: Option<Value>,
+    },
+    BackgroundMode {
+        enabled: bool,
+        correlation_id: Option<Value>,
+    },
+    Refresh {
+        token: String,
+        correlation_id: Option<Value>,
+    },
+}
+
+/// A `subscribe` request: one entry per topic, plus options shared by all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub entries: Vec<SubscribeEntry>,
+    /// Up to this many envelopes may be sent together as one JSON array frame.
+    pub batch_size: Option<u32>,
+    /// Envelopes over 1 KiB are sent as gzip binary frames.
+    pub compression: bool,
+    pub correlation_id: Option<Value>,
+}
+
+/// One topic of a `subscribe`, with where to resume it from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeEntry {
+    pub filter: TopicFilter,
+    /// Deliver every message with `seq >= resume_from_seq` (inclusive).
+    pub resume_from_seq: Option<u64>,
+    /// The epoch the client last saw; a different current epoch means history was lost.
+    pub epoch: Option<String>,
+}
+
+/// A client frame that could not be accepted, with the code the error frame carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Option<Value>,
+    pub correlation_id: Option<Value>,
+}
+
+impl FrameError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            details: None,
+            correlation_id: None,
+        }
+    }
+
+    /// The `error` frame for this failure.
+    pub fn to_frame(&self) -> ServerFrame {
+        let mut f = ServerFrame::error(self.code, &self.message);
+        f.details = self.details.clone();
+        f.correlation_id = self.correlation_id.clone();
+        f
+    }
+}
+
+fn invalid(message: impl Into<String>) -> FrameError {
+    FrameError::new(ErrorCode::InvalidMessage, message)
+}
+
+impl ClientFrame {
+    /// Parses one text frame from a client.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| invalid(format!("frame is not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(invalid("frame must be a JSON object"));
+        };
+        let correlation_id = obj.get("correlation_id").cloned().filter(|v| !v.is_null());
+        Self::from_object(&obj).map_err(|mut e| {
+            e.correlation_id = correlation_id.clone();
+            e
+        })
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
+        let correlation_id = match obj.get("correlation_id") {
+            None | Some(Value::Null) => None,
+            Some(v @ (Value::String(_) | Value::Number(_))) => Some(v.clone()),
+            Some(_) => return Err(invalid("correlation_id must be a string or a number")),
+        };
+        let kind = match obj.get("type") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(invalid("field 'type' must be a string")),
+            None => return Err(invalid("field 'type' is missing")),
+        };
+        match kind {
+            "subscribe" => Ok(ClientFrame::Subscribe(parse_subscribe(
+                obj,
+                correlation_id,
+            )?)),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                topics: topic_list(obj)?
+                    .into_iter()
+                    .map(|(name, _)| parse_filter(&name))
+                    .collect::<Result<_, _>>()?,
+                correlation_id,
+            }),
+            "ping" => Ok(ClientFrame::Ping {
+                correlation_id,
+                ts: obj.get("ts").cloned(),
+            }),
+            "background_mode" => Ok(ClientFrame::BackgroundMode {
+                enabled: match obj.get("enabled") {
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(invalid("field 'enabled' must be a boolean")),
+                    None => return Err(invalid("field 'enabled' is missing")),
+                },
+                correlation_id,
+            }),
+            "refresh" => Ok(ClientFrame::Refresh {
+                token: match obj.get("token") {
+                    Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                    Some(Value::String(_)) => return Err(invalid("field 'token' is empty")),
+                    Some(_) => return Err(invalid("field 'token' must be a string")),
+                    None => return Err(invalid("field 'token' is missing")),
+                },
+                correlation_id,
+            }),
+            other => Err(FrameError {
+                details: Some(serde_json::json!({ "type": other })),
+                ..FrameError::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown message type '{other}'"),
+                )
+            }),
+        }
+    }
+}
+
+fn parse_filter(name: &str) -> Result<TopicFilter, FrameError> {
+    TopicFilter::parse(name).map_err(|e| FrameError {
+        details: Some(serde_json::json!({ "topic": name })),
+        ..FrameError::new(ErrorCode::InvalidTopic, e.to_string())
+    })
+}
+
+/// Per-entry options a `topics` array element may carry as an object.
+type EntryOptions = Option<Map<String, Value>>;
+
+/// The `topic` / `topics` fields of a frame: names, each with its own options when
+/// the array element was an object `{topic, resume_from_seq?, epoch?}`.
+fn topic_list(obj: &Map<String, Value>) -> Result<Vec<(String, EntryOptions)>, FrameError> {
+    let mut out = Vec::new();
+    match obj.get("topic") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => out.push((s.clone(), None)),
+        Some(_) => return Err(invalid("field 'topic' must be a string")),
+    }
+    match obj.get("topics") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => out.push((s.clone(), None)),
+                    Value::Object(o) => match o.get("topic") {
+                        Some(Value::String(s)) => out.push((s.clone(), Some(o.clone()))),
+                        _ => return Err(invalid("each object in 'topics' needs a string 'topic'")),
+                    },
+                    _ => return Err(invalid("'topics' must hold strings or objects")),
+                }
+            }
+        }
+        Some(_) => return Err(invalid("field 'topics' must be an array")),
+    }
+    if out.is_empty() {
+        return Err(invalid("field 'topic' or 'topics' is missing"));
+    }
+    Ok(out)
+}
+
+fn opt_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, FrameError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(format!("field '{field}' must be a non-negative integer"))),
+    }
+}
+
+fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FrameError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("field '{field}' must be a string"))),
+    }
+}
+
+fn parse_subscribe(
+    obj: &Map<String, Value>,
+    correlation_id: Option<Value>,
+) -> Result<Subscribe, FrameError> {
+    let shared_resume = opt_u64(obj, "resume_from_seq")?;
+    let shared_epoch = opt_string(obj, "epoch")?;
+    let batch_size = match opt_u64(obj, "batch_size")? {
+        None => None,
+        Some(n) if (1..=u64::from(MAX_BATCH_SIZE)).contains(&n) => Some(n as u32),
+        Some(_) => {
+            return Err(invalid(format!(
+                "field 'batch_size' must be 1 to {MAX_BATCH_SIZE}"
+            )))
+        }
+    };
+    let compression = match obj.get("compression") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("field 'compression' must be a boolean")),
+    };
+    let subtopics = match obj.get("subtopics") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid("field 'subtopics' must be an array of strings"))?,
+        Some(_) => return Err(invalid("field 'subtopics' must be an array of strings")),
+    };
+    let mut entries = Vec::new();
+    for (name, opts) in topic_list(obj)? {
+        let (resume, epoch) = match &opts {
+            Some(o) => (opt_u64(o, "resume_from_seq")?, opt_string(o, "epoch")?),
+            None => (shared_resume, shared_epoch.clone()),
+        };
+        // `subtopics` expands a topic into `topic.sub` for each sub, e.g. one request for
+        // many instruments under `prices`.
+        let names: Vec<String> = if subtopics.is_empty() {
+            vec![name]
+        } else {
+            subtopics.iter().map(|s| format!("{name}.{s}")).collect()
+        };
+        for n in names {
+            let filter = parse_filter(&n)?;
+            if filter.is_wildcard() && resume.is_some() {
+                return Err(FrameError {
+                    details: Some(serde_json::json!({ "topic": n })),
+                    ..FrameError::new(
+                        ErrorCode::InvalidTopic,
+                        "wildcard subscriptions can't be resumed",
+                    )
+                });
+            }
+            entries.push(SubscribeEntry {
+                filter,
+                resume_from_seq: resume,
+                epoch: epoch.clone(),
+            });
+        }
+    }
+    Ok(Subscribe {
+        entries,
+        batch_size,
+        compression,
+        correlation_id,
+    })
+}
+
+/// The `type` of a server frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameType {
+    Connected,
+    Snapshot,
+    Delta,
+    Alert,
+    Ack,
+    Error,
+    Pong,
+    Heartbeat,
+}
+
+impl FrameType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameType::Connected => "connected",
+            FrameType::Snapshot => "snapshot",
+            FrameType::Delta => "delta",
+            FrameType::Alert => "alert",
+            FrameType::Ack => "ack",
+            FrameType::Error => "error",
+            FrameType::Pong => "pong",
+            FrameType::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// Any frame the server sends. Fields that do not apply stay `None` and are left out
+/// of the JSON. Clients (tests, the reconnecting client) deserialize into it too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    #[serde(rename = "type")]
+    pub kind: FrameType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+    /// `Some(Value::Null)` is a payload of JSON `null`, which is not the same as none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ServerFrame {
+    /// A frame of `kind` stamped with the current time and nothing else.
+    pub fn new(kind: FrameType) -> Self {
+        ServerFrame {
+            kind,
+            topic: None,
+            seq: None,
+            epoch: None,
+            ts: Some(time_fmt::now()),
+            payload: None,
+            meta: None,
+            correlation_id: None,
+            code: None,
+            error: None,
+            details: None,
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: &str) -> Self {
+        ServerFrame {
+            code: Some(code),
+            error: Some(message.to_owned()),
+            ..Self::new(FrameType::Error)
+        }
+    }
+
+    pub fn with_payload(mut self, payload: Value) -> Self {
+        self.payload = Some(payload);
+        self
+    }
+
+    pub fn with_topic(mut self, topic: &str) -> Self {
+        self.topic = Some(topic.to_owned());
+        self
+    }
+
+    pub fn with_correlation_id(mut self, id: Option<Value>) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        // A struct of strings, numbers and JSON values always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Deserializes a field that is present (even as `null`) into `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Encodes a publication envelope (`delta`, `alert` or `snapshot`) around a payload
+/// that is already JSON text, without parsing it: the payload bytes an engine stored
+/// go to every socket as they are, serialized once per message, not once per client.
+pub fn encode_publication(
+    kind: FrameType,
+    topic: &str,
+    seq: u64,
+    epoch: &str,
+    ts_ms: i64,
+    payload_json: &str,
+) -> String {
+    let mut out = String::with_capacity(96 + topic.len() + epoch.len() + payload_json.len());
+    out.push_str("{\"type\":\"");
+    out.push_str(kind.as_str());
+    out.push_str("\",\"topic\":");
+    push_json_str(&mut out, topic);
+    out.push_str(",\"seq\":");
+    out.push_str(&seq.to_string());
+    out.push_str(",\"epoch\":");
+    push_json_str(&mut out, epoch);
+    out.push_str(",\"ts\":\"");
+    out.push_str(&time_fmt::format_ms(ts_ms));
+    out.push_str("\",\"payload\":");
+    out.push_str(payload_json);
+    out.push('}');
+    out
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // Topics and epochs are plain ASCII by construction; escape anyway, it is cheap.
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+#[cfg(test)]
+mod tests;

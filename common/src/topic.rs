@@ -1,0 +1,266 @@
+//! Topic names and subscription filters: the one place that knows what a valid topic is.
+//!
+//! A topic is 1 to 200 bytes of `[A-Za-z0-9_.:-]`, split into non-empty segments by
+//! `.`. A filter is a topic, or a topic prefix followed by `.*` (exactly one more
+//! segment) or `.>` (one or more further segments).
+
+use std::{fmt, sync::Arc};
+
+/// Longest topic name accepted, in bytes.
+pub const MAX_TOPIC_LEN: usize = 200;
+
+/// Why a topic or filter was refused; the message is shown to clients as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic is longer than {MAX_TOPIC_LEN} bytes")]
+    TooLong,
+    #[error("topic contains {0:?}; allowed are A-Z a-z 0-9 _ . : -")]
+    BadChar(char),
+    #[error("topic has an empty segment (leading, trailing or doubled '.')")]
+    EmptySegment,
+    #[error("a wildcard may only be the last segment, as '.*' or '.>'")]
+    MisplacedWildcard,
+    #[error("wildcard topics can't be published to or resumed")]
+    WildcardNotAllowed,
+}
+
+/// A validated, concrete topic name. Cheap to clone: the hub and every session
+/// holding a subscription share one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// Validates `name` as a concrete topic (no wildcard).
+    pub fn parse(name: &str) -> Result<Self, TopicError> {
+        validate_concrete(name)?;
+        Ok(Topic(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The segments of the name, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('.')
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// What a subscription names: one topic, or a family of topics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TopicFilter {
+    /// Exactly this topic; gets snapshots, history and resume.
+    Exact(Topic),
+    /// `prefix.*`: every topic with exactly one more segment than `prefix`.
+    OneLevel(Topic),
+    /// `prefix.>`: every topic with at least one more segment than `prefix`.
+    AnyDepth(Topic),
+}
+
+impl TopicFilter {
+    pub fn parse(text: &str) -> Result<Self, TopicError> {
+        if text.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong);
+        }
+        if let Some(prefix) = text.strip_suffix(".*") {
+            return Ok(TopicFilter::OneLevel(Topic::parse(prefix)?));
+        }
+        if let Some(prefix) = text.strip_suffix(".>") {
+            return Ok(TopicFilter::AnyDepth(Topic::parse(prefix)?));
+        }
+        if text.contains(['*', '>']) {
+            return Err(TopicError::MisplacedWildcard);
+        }
+        Ok(TopicFilter::Exact(Topic::parse(text)?))
+    }
+
+    /// The concrete topic, or an error for a wildcard filter.
+    pub fn exact(self) -> Result<Topic, TopicError> {
+        match self {
+            TopicFilter::Exact(t) => Ok(t),
+            _ => Err(TopicError::WildcardNotAllowed),
+        }
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        !matches!(self, TopicFilter::Exact(_))
+    }
+
+    /// Whether a concrete topic falls under this filter.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicFilter::Exact(t) => t.as_str() == topic,
+            TopicFilter::OneLevel(p) => rest_after(p, topic).is_some_and(|r| !r.contains('.')),
+            TopicFilter::AnyDepth(p) => rest_after(p, topic).is_some(),
+        }
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicFilter::Exact(t) => write!(f, "{t}"),
+            TopicFilter::OneLevel(p) => write!(f, "{p}.*"),
+            TopicFilter::AnyDepth(p) => write!(f, "{p}.>"),
+        }
+    }
+}
+
+/// The part of `topic` after `prefix.`, if `topic` lies below `prefix`.
+fn rest_after<'a>(prefix: &Topic, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix(prefix.as_str())?
+        .strip_prefix('.')
+        .filter(|r| !r.is_empty())
+}
+
+fn validate_concrete(name: &str) -> Result<(), TopicError> {
+    if name.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(if matches!(c, '*' | '>') {
+            TopicError::MisplacedWildcard
+        } else {
+            TopicError::BadChar(c)
+        });
+    }
+    if name.split('.').any(str::is_empty) {
+        return Err(TopicError::EmptySegment);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_the_documented_charset() {
+        for ok in [
+            "prices.IN0001",
+            "a",
+            "risk.u-1.alerts",
+            "x:y_z",
+            &"a".repeat(200),
+        ] {
+            assert_eq!(Topic::parse(ok).map(|t| t.to_string()), Ok(ok.to_string()));
+        }
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_topic() {
+        assert_eq!(Topic::parse(""), Err(TopicError::Empty));
+        assert_eq!(Topic::parse(&"a".repeat(201)), Err(TopicError::TooLong));
+        assert_eq!(Topic::parse("a b"), Err(TopicError::BadChar(' ')));
+        assert_eq!(Topic::parse("a/b"), Err(TopicError::BadChar('/')));
+        assert_eq!(Topic::parse("prix.é"), Err(TopicError::BadChar('é')));
+        assert_eq!(Topic::parse(".a"), Err(TopicError::EmptySegment));
+        assert_eq!(Topic::parse("a."), Err(TopicError::EmptySegment));
+        assert_eq!(Topic::parse("a..b"), Err(TopicError::EmptySegment));
+        assert_eq!(Topic::parse("a.*"), Err(TopicError::MisplacedWildcard));
+    }
+
+    #[test]
+    fn wildcard_filters_match_the_right_depth() {
+        let one = TopicFilter::parse("prices.*").unwrap();
+        let any = TopicFilter::parse("prices.>").unwrap();
+        assert!(one.matches("prices.IN1"));
+        assert!(!one.matches("prices.IN1.bid"));
+        assert!(!one.matches("prices"));
+        assert!(!one.matches("pricesX.IN1"));
+        assert!(any.matches("prices.IN1"));
+        assert!(any.matches("prices.IN1.bid"));
+        assert!(!any.matches("prices"));
+        assert_eq!(TopicFilter::parse("*"), Err(TopicError::MisplacedWildcard));
+        assert_eq!(
+            TopicFilter::parse("a.*.b"),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(
+            TopicFilter::parse("a.>.b"),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(TopicFilter::parse(".*"), Err(TopicError::Empty));
+        assert_eq!(one.exact(), Err(TopicError::WildcardNotAllowed));
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_:-]{1,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn valid_names_round_trip(segs in prop::collection::vec(segment(), 1..6)) {
+            let name = segs.join(".");
+            prop_assume!(name.len() <= MAX_TOPIC_LEN);
+            let t = Topic::parse(&name).unwrap();
+            prop_assert_eq!(t.as_str(), name.as_str());
+            prop_assert_eq!(t.segments().count(), segs.len());
+            prop_assert_eq!(TopicFilter::parse(&name).unwrap(), TopicFilter::Exact(t));
+        }
+
+        #[test]
+        fn any_string_parses_or_errs_without_panicking(s in ".{0,250}") {
+            let verdict = Topic::parse(&s);
+            let ok = !s.is_empty() && s.len() <= MAX_TOPIC_LEN
+                && s.split('.').all(|seg| !seg.is_empty()
+                    && seg.chars().all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c)));
+            prop_assert_eq!(verdict.is_ok(), ok);
+        }
+
+        #[test]
+        fn one_level_matches_exactly_one_more_segment(
+            prefix in prop::collection::vec(segment(), 1..4),
+            extra in prop::collection::vec(segment(), 0..4),
+        ) {
+            let p = prefix.join(".");
+            let f1 = TopicFilter::parse(&format!("{p}.*")).unwrap();
+            let fa = TopicFilter::parse(&format!("{p}.>")).unwrap();
+            let mut full = prefix.clone();
+            full.extend(extra.iter().cloned());
+            let topic = full.join(".");
+            prop_assert_eq!(f1.matches(&topic), extra.len() == 1);
+            prop_assert_eq!(fa.matches(&topic), !extra.is_empty());
+        }
+    }
+}
