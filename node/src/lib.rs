@@ -1,1 +1,14 @@
-//! Sluice node.
+//! The Sluice gateway node as a library: `main.rs` and the integration tests both
+//! start nodes through [`app`].
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod session;
+pub mod state;
+
+pub use app::{start, RunningNode};
+pub use config::Config;

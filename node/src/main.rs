@@ -1,1 +1,44 @@
-fn main() {}
+//! `sluice`: parse the configuration, start logging, run the node. Nothing else.
+
+use std::process::ExitCode;
+
+use sluice_node::{app, config, Config};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", config::help());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env_and_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in &e.0 {
+                eprintln!("sluice: config: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

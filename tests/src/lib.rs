@@ -1,1 +1,288 @@
-//! Test fixtures.
+//! Fixtures for the integration tests: nodes started in-process on port 0, real
+//! WebSocket clients (tokio-tungstenite), HTTP helpers, and Redis for cluster tests.
+
+pub mod redis;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sluice_node::{Config, RunningNode};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{protocol::frame::coding::CloseCode as WsCloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// The admin token every test node is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// How long a test waits for any single expected frame.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node running in this process.
+#[derive(Debug)]
+pub struct TestNode {
+    pub addr: SocketAddr,
+    node: Option<RunningNode>,
+    http: reqwest::Client,
+}
+
+/// Starts a node on 127.0.0.1:0 with test defaults, adjusted by `tweak`.
+pub async fn start_node(tweak: impl FnOnce(&mut Config)) -> TestNode {
+    let mut config = Config::for_tests();
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.node_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    tweak(&mut config);
+    let node = sluice_node::start(config).await.expect("node starts");
+    TestNode {
+        addr: node.addr,
+        node: Some(node),
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestNode {
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn node(&self) -> &RunningNode {
+        self.node.as_ref().expect("node is running")
+    }
+
+    /// Connects to `/ws` and consumes the `connected` frame.
+    pub async fn client(&self) -> WsClient {
+        WsClient::connect(&self.ws_url("/ws"))
+            .await
+            .expect("client connects")
+    }
+
+    /// `POST /publish` with the admin token; returns `(seq, epoch)`.
+    pub async fn publish(&self, topic: &str, payload: Value) -> (u64, String) {
+        self.publish_body(json!({ "topic": topic, "payload": payload }))
+            .await
+    }
+
+    pub async fn publish_body(&self, body: Value) -> (u64, String) {
+        let (status, v) = self
+            .post("/publish", Some(ADMIN_TOKEN), &body.to_string())
+            .await;
+        assert_eq!(status, 200, "publish failed: {v}");
+        (
+            v["seq"].as_u64().expect("seq in publish answer"),
+            v["epoch"]
+                .as_str()
+                .expect("epoch in publish answer")
+                .to_owned(),
+        )
+    }
+
+    /// Any POST; returns status and the body parsed as JSON (or `null`).
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = self.http.post(self.http_url(path)).body(body.to_owned());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Any GET; returns status and body text.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = self.http.get(self.http_url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("http request");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let (s, body) = self.get(path, token).await;
+        (s, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Graceful shutdown (drain), as on SIGTERM.
+    pub async fn shutdown(mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    /// Abrupt stop, as a crash: no close frames.
+    pub fn kill(mut self) {
+        if let Some(n) = self.node.take() {
+            n.kill();
+        }
+    }
+}
+
+/// A WebSocket client speaking protocol v1 as JSON values.
+#[derive(Debug)]
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The payload of the `connected` frame.
+    pub connected: Value,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The TCP connection ended without a close frame.
+    NoFrame,
+}
+
+impl WsClient {
+    /// Connects and reads the `connected` frame.
+    pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        let mut c = WsClient {
+            ws,
+            connected: Value::Null,
+        };
+        let first = c.recv().await?;
+        if first["type"] != "connected" {
+            bail!("first frame is not 'connected': {first}");
+        }
+        c.connected = first["payload"].clone();
+        Ok(c)
+    }
+
+    /// Connects without reading anything; returns the HTTP status of a refused upgrade.
+    pub async fn try_connect(url: &str) -> Result<WsClient, u16> {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => {
+                let mut c = WsClient {
+                    ws,
+                    connected: Value::Null,
+                };
+                let first = c.recv().await.map_err(|_| 0u16)?;
+                c.connected = first["payload"].clone();
+                Ok(c)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(_) => Err(0),
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_message(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// The next JSON text frame, skipping heartbeats; fails after [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let v = self.recv_any().await?;
+            if v["type"] != "heartbeat" {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The next JSON text frame of any type, heartbeats included.
+    pub async fn recv_any(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let msg = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {RECV_TIMEOUT:?}"))?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            match msg {
+                Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+                Message::Close(f) => bail!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for a frame within `d`; `None` if nothing arrived.
+    pub async fn recv_within(&mut self, d: Duration) -> Option<Value> {
+        tokio::time::timeout(d, self.recv())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Subscribes and returns the ack.
+    pub async fn subscribe(&mut self, req: Value) -> Value {
+        let mut req = req;
+        req["type"] = json!("subscribe");
+        self.send_json(req).await;
+        let ack = self.recv().await.expect("ack");
+        assert_eq!(ack["type"], "ack", "expected an ack, got {ack}");
+        ack
+    }
+
+    /// Reads frames until `n` publications (delta/alert/snapshot) arrived; returns them.
+    pub async fn recv_pubs(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self
+                .recv()
+                .await
+                .unwrap_or_else(|e| panic!("after {} of {n} publications: {e}", out.len()));
+            if matches!(v["type"].as_str(), Some("delta" | "alert" | "snapshot")) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Reads until the server closes; returns the close code. Fails after [`RECV_TIMEOUT`].
+    pub async fn expect_close(&mut self) -> Closed {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("server did not close within {RECV_TIMEOUT:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Closed::NoFrame,
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return f.map_or(Closed::NoFrame, |f| Closed::Code(u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: WsCloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+
+    /// The raw stream, for tests that need frame-level control.
+    pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+}
+
+/// Seqs of publications, in order received.
+pub fn seqs(pubs: &[Value]) -> Vec<u64> {
+    pubs.iter()
+        .map(|p| p["seq"].as_u64().expect("seq"))
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! The composition root: builds metrics, hub, broker and router, serves, and shuts
+//! down in order: readiness 503 → refuse upgrades → close sessions with 1012 spread
+//! over the drain period → wait for them under a deadline → stop the listener and the
+//! broker.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    broker::{memory::MemoryBroker, Broker},
+    config::Config,
+    http,
+    hub::Hub,
+    metrics::Metrics,
+    state::AppState,
+};
+
+/// Extra time after the drain period for the last close frames to go out.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(6);
+
+/// A node serving in this process.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Binds, builds everything and starts serving; returns once the port is open.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let mut background = Vec::new();
+    let broker: Arc<dyn Broker> = match &config.redis_url {
+        None => {
+            let memory = Arc::new(MemoryBroker::new(
+                hub.clone(),
+                config.history_size,
+                config.history_ttl,
+            ));
+            let sweeper = memory.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    sweeper.sweep();
+                }
+            }));
+            memory
+        }
+        Some(_) => anyhow::bail!("REDIS_URL is set but this build has no Redis broker yet"),
+    };
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} ({})", config.bind, crate::config::BIND))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState::new(config, hub, broker, metrics.clone()));
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.upkeep();
+        }
+    }));
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    info!(node = %state.config.node_id, %addr, broker = if state.config.redis_url.is_some() { "redis" } else { "memory" }, "sluice node serving");
+    Ok(RunningNode {
+        addr,
+        state,
+        server,
+        background,
+    })
+}
+
+impl RunningNode {
+    /// Drains and stops the node; returns when it is down or the deadline passed.
+    pub async fn shutdown(self) {
+        let st = self.state.clone();
+        st.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        let sessions = st.sessions.snapshot();
+        let drain = st.config.drain;
+        info!(
+            sessions = sessions.len(),
+            drain_ms = drain.as_millis() as u64,
+            "draining"
+        );
+        let start = tokio::time::Instant::now();
+        let n = sessions.len().max(1) as u32;
+        for (i, s) in sessions.iter().enumerate() {
+            // Spread the closes so clients do not all reconnect in the same instant.
+            tokio::time::sleep_until(start + drain * i as u32 / n).await;
+            s.stop.cancel();
+        }
+        st.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_SLACK, st.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = st.sessions.len(),
+                "sessions still open at the shutdown deadline"
+            );
+        }
+        st.shutdown.cancel();
+        st.broker.shutdown().await;
+        if tokio::time::timeout(Duration::from_secs(2), self.server)
+            .await
+            .is_err()
+        {
+            warn!("HTTP server did not stop within 2s");
+        }
+        for t in self.background {
+            t.abort();
+        }
+        info!("node stopped");
+    }
+
+    /// Stops the node abruptly, as a crash would: no close frames.
+    pub fn kill(self) {
+        self.server.abort();
+        for t in self.background {
+            t.abort();
+        }
+        self.state.shutdown.cancel();
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT, then drains. A second signal exits at once.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    shutdown_signal().await;
+    info!("shutdown signal received");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,314 @@
+//! The embedded in-memory broker: one node, no Redis, the same semantics.
+//!
+//! Each topic has its own log (seq counter, epoch, bounded history, snapshot) behind
+//! its own lock. A publish takes the next seq and hands the publication to the hub
+//! while still holding that lock, so live delivery leaves in seq order; the hub never
+//! blocks, so the lock is held for microseconds.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::de::IgnoredAny;
+use sluice_common::{protocol::FrameType, publisher::PublishKind, time_fmt, StreamPosition, Topic};
+use tokio::time::Instant;
+
+use super::{Broker, BrokerError, Pub, Publication, PublishRequest, TopicState};
+use crate::hub::Hub;
+
+#[derive(Debug)]
+struct TopicLog {
+    epoch: Arc<str>,
+    seq: u64,
+    /// Contiguous: `history[i].seq == history[0].seq + i`.
+    history: VecDeque<Pub>,
+    snapshot: Option<Pub>,
+    last_publish: Instant,
+}
+
+#[derive(Debug)]
+pub struct MemoryBroker {
+    topics: Mutex<HashMap<Topic, Arc<Mutex<TopicLog>>>>,
+    hub: Arc<Hub>,
+    history_size: usize,
+    ttl: Duration,
+}
+
+/// A new epoch: base-36 microseconds since the Unix epoch, strictly increasing
+/// within the process so two epochs never collide.
+fn new_epoch() -> Arc<str> {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = (time_fmt::now_ms() as u64).saturating_mul(1000);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let v = loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(p) => prev = p,
+        }
+    };
+    base36(v).into()
+}
+
+pub(crate) fn base36(mut v: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn check_json(what: &str, text: &str) -> Result<(), BrokerError> {
+    serde_json::from_str::<IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| BrokerError::Invalid(format!("{what} is not valid JSON: {e}")))
+}
+
+impl MemoryBroker {
+    pub fn new(hub: Arc<Hub>, history_size: usize, ttl: Duration) -> Self {
+        MemoryBroker {
+            topics: Mutex::new(HashMap::new()),
+            hub,
+            history_size: history_size.max(1),
+            ttl,
+        }
+    }
+
+    fn live_log(&self, topic: &Topic) -> Option<Arc<Mutex<TopicLog>>> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let log = topics.get(topic)?.clone();
+        let expired = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_publish
+            .elapsed()
+            >= self.ttl;
+        if expired {
+            topics.remove(topic);
+            return None;
+        }
+        Some(log)
+    }
+
+    /// Forgets topics nobody published to within the TTL (their next publish starts
+    /// a new epoch, exactly as an expired Redis key would).
+    pub fn sweep(&self) -> usize {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let before = topics.len();
+        topics.retain(|_, log| {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_publish
+                .elapsed()
+                < self.ttl
+        });
+        before - topics.len()
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError> {
+        check_json("payload", req.payload_json)?;
+        if let Some(s) = req.snapshot_json {
+            check_json("snapshot", s)?;
+        }
+        let log = match self.live_log(req.topic) {
+            Some(log) => log,
+            None => {
+                let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+                topics
+                    .entry(req.topic.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Mutex::new(TopicLog {
+                            epoch: new_epoch(),
+                            seq: 0,
+                            history: VecDeque::new(),
+                            snapshot: None,
+                            last_publish: Instant::now(),
+                        }))
+                    })
+                    .clone()
+            }
+        };
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.seq += 1;
+        log.last_publish = Instant::now();
+        let now = time_fmt::now_ms();
+        let kind = match req.kind {
+            PublishKind::Delta => FrameType::Delta,
+            PublishKind::Alert => FrameType::Alert,
+        };
+        let p = Publication::new(
+            req.topic.clone(),
+            log.seq,
+            log.epoch.clone(),
+            kind,
+            now,
+            req.payload_json,
+        );
+        log.history.push_back(p.clone());
+        while log.history.len() > self.history_size {
+            log.history.pop_front();
+        }
+        if let Some(s) = req.snapshot_json {
+            log.snapshot = Some(Publication::new(
+                req.topic.clone(),
+                log.seq,
+                log.epoch.clone(),
+                FrameType::Snapshot,
+                now,
+                s,
+            ));
+        }
+        self.hub.broadcast(&p);
+        Ok(StreamPosition::new(log.seq, &*log.epoch))
+    }
+
+    async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
+        let Some(log) = self.live_log(topic) else {
+            return Ok(TopicState::default());
+        };
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(TopicState {
+            position: Some(StreamPosition::new(log.seq, &*log.epoch)),
+            snapshot: log.snapshot.clone(),
+        })
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Pub>, BrokerError> {
+        let Some(log) = self.live_log(topic) else {
+            return Ok(Vec::new());
+        };
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(first) = log.history.front().map(|p| p.seq) else {
+            return Ok(Vec::new());
+        };
+        let skip = from.saturating_sub(first) as usize;
+        Ok(log.history.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    async fn follow(&self, _topic: &Topic) -> Result<(), BrokerError> {
+        // Publishes reach the hub directly; there is nothing to read.
+        Ok(())
+    }
+
+    fn unfollow(&self, _topic: &Topic) {}
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn broker(size: usize) -> MemoryBroker {
+        MemoryBroker::new(
+            Arc::new(Hub::new(Arc::new(Metrics::new()))),
+            size,
+            Duration::from_secs(60),
+        )
+    }
+
+    fn req<'a>(
+        topic: &'a Topic,
+        payload: &'a str,
+        snapshot: Option<&'a str>,
+    ) -> PublishRequest<'a> {
+        PublishRequest {
+            topic,
+            kind: PublishKind::Delta,
+            payload_json: payload,
+            snapshot_json: snapshot,
+        }
+    }
+
+    #[tokio::test]
+    async fn seqs_are_gap_free_history_is_bounded_and_snapshot_kept() {
+        let b = broker(3);
+        let t = Topic::parse("p.x").unwrap();
+        let mut epoch = String::new();
+        for i in 1..=5u64 {
+            let snap = (i == 4).then_some(r#"{"s":4}"#);
+            let pos = b
+                .publish(req(&t, &format!("{{\"i\":{i}}}"), snap))
+                .await
+                .unwrap();
+            assert_eq!(pos.seq, i);
+            if i == 1 {
+                epoch = pos.epoch.clone();
+            }
+            assert_eq!(pos.epoch, epoch);
+        }
+        let h = b.history(&t, 1, 100).await.unwrap();
+        assert_eq!(h.iter().map(|p| p.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(b.history(&t, 4, 1).await.unwrap()[0].seq, 4);
+        let st = b.state(&t).await.unwrap();
+        assert_eq!(st.position, Some(StreamPosition::new(5, epoch)));
+        let snap = st.snapshot.unwrap();
+        assert_eq!(snap.seq, 4);
+        assert!(snap.frame.as_str().contains(r#""type":"snapshot""#));
+    }
+
+    #[tokio::test]
+    async fn bad_json_is_refused_and_nothing_is_written() {
+        let b = broker(3);
+        let t = Topic::parse("p").unwrap();
+        assert!(matches!(
+            b.publish(req(&t, "{nope", None)).await,
+            Err(BrokerError::Invalid(_))
+        ));
+        assert!(matches!(
+            b.publish(req(&t, "1", Some("]"))).await,
+            Err(BrokerError::Invalid(_))
+        ));
+        assert_eq!(b.state(&t).await.unwrap().position, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_topic_expires_and_restarts_under_a_new_epoch() {
+        let b = MemoryBroker::new(
+            Arc::new(Hub::new(Arc::new(Metrics::new()))),
+            10,
+            Duration::from_secs(5),
+        );
+        let t = Topic::parse("p").unwrap();
+        let first = b.publish(req(&t, "1", None)).await.unwrap();
+        b.publish(req(&t, "2", None)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(b.sweep(), 1);
+        let again = b.publish(req(&t, "3", None)).await.unwrap();
+        assert_eq!(again.seq, 1);
+        assert_ne!(again.epoch, first.epoch);
+    }
+
+    #[test]
+    fn epochs_are_unique_and_base36() {
+        let (a, b) = (new_epoch(), new_epoch());
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+    }
+}

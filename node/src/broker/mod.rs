@@ -1,0 +1,119 @@
+//! The broker seam: where seqs, history and snapshots live, and how publications
+//! reach this node's hub.
+//!
+//! Two implementations with the same semantics: [`memory::MemoryBroker`] (embedded,
+//! one node) and the Redis broker (shared by every node). Sessions rely on:
+//! per topic, seqs start at 1 and grow by exactly one within an epoch; `history`
+//! returns publications of the current epoch only; `follow` returns once live
+//! publications of the topic flow into the hub.
+
+pub mod memory;
+// pub mod redis;
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use sluice_common::{protocol::FrameType, publisher::PublishKind, StreamPosition, Topic};
+
+/// One published message, encoded once. Every session that delivers it shares
+/// the same bytes.
+#[derive(Debug)]
+pub struct Publication {
+    pub topic: Topic,
+    pub seq: u64,
+    pub epoch: Arc<str>,
+    pub kind: FrameType,
+    /// When it was published (Unix ms), for the delivery-latency histogram.
+    pub published_ms: i64,
+    /// The complete envelope JSON, ready for the socket.
+    pub frame: Utf8Bytes,
+}
+
+pub type Pub = Arc<Publication>;
+
+impl Publication {
+    pub fn new(
+        topic: Topic,
+        seq: u64,
+        epoch: Arc<str>,
+        kind: FrameType,
+        published_ms: i64,
+        payload_json: &str,
+    ) -> Pub {
+        let frame = sluice_common::protocol::encode_publication(
+            kind,
+            topic.as_str(),
+            seq,
+            &epoch,
+            published_ms,
+            payload_json,
+        );
+        Arc::new(Publication {
+            topic,
+            seq,
+            epoch,
+            kind,
+            published_ms,
+            frame: frame.into(),
+        })
+    }
+}
+
+/// A topic's current position and latest snapshot, read together.
+#[derive(Debug, Clone, Default)]
+pub struct TopicState {
+    /// `None` for a topic that has no messages (or lost them all).
+    pub position: Option<StreamPosition>,
+    /// The latest snapshot, as a ready `snapshot` envelope with the seq it reflects.
+    pub snapshot: Option<Pub>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid publish: {0}")]
+    Invalid(String),
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a publish asks for.
+#[derive(Debug, Clone)]
+pub struct PublishRequest<'a> {
+    pub topic: &'a Topic,
+    pub kind: PublishKind,
+    pub payload_json: &'a str,
+    pub snapshot_json: Option<&'a str>,
+}
+
+#[async_trait::async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Atomically takes the topic's next seq, appends to its history, stores the
+    /// snapshot if given, and delivers the message to every node following the topic.
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError>;
+
+    /// The topic's head position and snapshot, read atomically.
+    async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError>;
+
+    /// Up to `limit` publications of the current epoch with `seq >= from`, in order.
+    /// The first one's seq is greater than `from` when older ones were trimmed.
+    async fn history(
+        &self,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Pub>, BrokerError>;
+
+    /// This node has local subscribers for `topic`: from now on, publications of the
+    /// topic reach the hub. Idempotent; returns once live delivery is armed.
+    async fn follow(&self, topic: &Topic) -> Result<(), BrokerError>;
+
+    /// The hub lost its last local subscriber of `topic` (re-checked by the broker,
+    /// since a new subscriber may have arrived meanwhile).
+    fn unfollow(&self, topic: &Topic);
+
+    /// Whether the broker's backing store is reachable now.
+    fn is_connected(&self) -> bool;
+
+    /// Stops background readers.
+    async fn shutdown(&self);
+}

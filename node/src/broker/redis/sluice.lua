@@ -1,0 +1,292 @@
+#!lua name=sluice
+--
+-- Sluice's Redis Function library (Redis >= 7.0).
+--
+-- The node replaces the two placeholders on the HISTORY_* lines below with
+-- integers (entries kept per topic, seconds of TTL) and loads the result with
+-- FUNCTION LOAD REPLACE on every master. Both values must be >= 1, or the
+-- load fails.
+--
+-- Key layout for a topic T (T is also the one declared key, so every key of
+-- a topic hashes to the same cluster slot as T: topics cannot contain '{'):
+--   sluice:{T}:meta    hash   seq       last seq handed out (integer)
+--                             epoch     the topic's epoch (see below)
+--                             ems       ms part of every stream id of this epoch
+--                             snap      latest snapshot (JSON text), optional
+--                             snap_seq  seq the snapshot reflects, optional
+--   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
+--                             e   epoch    t  type ("delta" or "alert")
+--                             p   payload  ts publish time, unix ms
+-- Both keys expire HISTORY_TTL seconds after the topic's last publish.
+--
+-- Epoch: created when meta has no epoch (new topic, or its state was lost).
+-- It is the base-36 (0-9a-z) form of the creation time in microseconds
+-- (TIME: sec * 1000000 + usec), e.g. "hodyhjseay" (10 chars until 2085).
+-- Invariant: ems == floor(base36_decode(epoch) / 1000), so a reader that
+-- knows the epoch can build the stream id of any seq: "<ems>-<seq>".
+-- Because the ms part of every id is the epoch's creation time, the ids of a
+-- later epoch are greater than those of an older one: a reader blocked in
+-- XREAD on the old last id still wakes for the new epoch's entries. When a
+-- new epoch is created while the old stream still exists (meta deleted or
+-- evicted alone), ems is raised above the old stream's last id if the clock
+-- is behind it; the old stream is then deleted (histories of two epochs are
+-- never mixed).
+--
+-- Trimming: with the default stream-node-max-entries (100), "MAXLEN ~ N"
+-- only drops whole radix-tree nodes, so on 7.0 a stream trimmed with
+-- "MAXLEN ~ 5" keeps up to ~105 entries. Sluice uses exact trimming
+-- ("MAXLEN = N") when N < 1000, so a small history holds exactly N entries,
+-- and approximate trimming ("MAXLEN ~ N") from 1000 up, where it keeps at
+-- least N and at most about N + 100 entries at a lower cost. Readers must
+-- still treat "first entry's seq > wanted seq" as a gap.
+
+local HISTORY_SIZE = __HISTORY_SIZE__
+local HISTORY_TTL = __HISTORY_TTL__
+
+-- Checked at load time, where Redis 7.0 exposes no standard library (no
+-- error(), type(), string, math): reading an undefined global is what makes
+-- FUNCTION LOAD fail, and its name is the message.
+if not (HISTORY_SIZE >= 1 and HISTORY_SIZE % 1 == 0) then
+    local _ = SLUICE_HISTORY_SIZE_must_be_an_integer_of_at_least_1
+end
+if not (HISTORY_TTL >= 1 and HISTORY_TTL % 1 == 0) then
+    local _ = SLUICE_HISTORY_TTL_must_be_an_integer_of_at_least_1
+end
+
+local TRIM_OP = '~'
+if HISTORY_SIZE < 1000 then
+    TRIM_OP = '='
+end
+
+local MAX_TOPIC_BYTES = 200
+
+local function meta_key(topic)
+    return 'sluice:{' .. topic .. '}:meta'
+end
+
+local function stream_key(topic)
+    return 'sluice:{' .. topic .. '}:stream'
+end
+
+-- nil when the topic is valid, else the reason.
+local function topic_problem(topic)
+    local n = #topic
+    if n == 0 then
+        return 'topic is empty'
+    end
+    if n > MAX_TOPIC_BYTES then
+        return 'topic is longer than ' .. MAX_TOPIC_BYTES .. ' bytes'
+    end
+    if string.find(topic, '[^A-Za-z0-9_.:%-]') then
+        return 'topic may only contain A-Z a-z 0-9 _ . : -'
+    end
+    if string.sub(topic, 1, 1) == '.' or string.sub(topic, n, n) == '.' or string.find(topic, '..', 1, true) then
+        return 'topic has an empty segment (leading, trailing or double dot)'
+    end
+    return nil
+end
+
+-- nil when s is well-formed UTF-8 (no overlongs, no surrogates, at most
+-- U+10FFFF) without raw control characters other than tab, LF and CR; else
+-- the reason. One anchored greedy match skips each run of plain ASCII (much
+-- faster in Lua 5.1 than an unanchored find of the bad bytes); only the
+-- bytes that stop it are looked at one by one.
+local function text_problem(s)
+    local find, byte = string.find, string.byte
+    local n = #s
+    local _, e = find(s, '^[ -\127\t\n\r]*', 1)
+    local i = e + 1
+    while i <= n do
+        local c = byte(s, i)
+        if c < 0x80 then
+            return 'raw control character'
+        end
+        local len, lo, hi = 0, 0x80, 0xBF
+        if c >= 0xC2 and c <= 0xDF then
+            len = 1
+        elseif c == 0xE0 then
+            len, lo = 2, 0xA0
+        elseif c == 0xED then
+            len, hi = 2, 0x9F
+        elseif c >= 0xE1 and c <= 0xEF then
+            len = 2
+        elseif c == 0xF0 then
+            len, lo = 3, 0x90
+        elseif c >= 0xF1 and c <= 0xF3 then
+            len = 3
+        elseif c == 0xF4 then
+            len, hi = 3, 0x8F
+        else
+            return 'invalid UTF-8'
+        end
+        if i + len > n then
+            return 'invalid UTF-8'
+        end
+        local c1 = byte(s, i + 1)
+        if c1 < lo or c1 > hi then
+            return 'invalid UTF-8'
+        end
+        for k = 2, len do
+            local ck = byte(s, i + k)
+            if ck < 0x80 or ck > 0xBF then
+                return 'invalid UTF-8'
+            end
+        end
+        _, e = find(s, '^[ -\127\t\n\r]*', i + len + 1)
+        i = e + 1
+    end
+    return nil
+end
+
+-- nil when text is acceptable JSON, else the reason. cjson checks the
+-- structure; numbers like 0x10, 01, nan, inf are refused, and so are invalid
+-- UTF-8 and raw control characters other than tab/LF/CR. cjson still lets
+-- "1." and a raw tab/LF/CR inside a string through: readers must not trust
+-- stream entries blindly anyway (anyone can XADD).
+local function json_problem(what, text)
+    if text == nil or text == '' then
+        return what .. ' is missing'
+    end
+    local problem = text_problem(text)
+    if problem then
+        return what .. ' is not valid JSON (' .. problem .. ')'
+    end
+    cjson.decode_invalid_numbers(false)
+    local ok, err = pcall(cjson.decode, text)
+    if not ok then
+        err = string.gsub(tostring(err), '^.-: ', '')
+        return what .. ' is not valid JSON (' .. err .. ')'
+    end
+    return nil
+end
+
+local function fail(reason)
+    return redis.error_reply('ERR sluice: ' .. reason)
+end
+
+local BASE36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+
+-- n: a non-negative integer below 2^53 (exact in a Lua double).
+local function to_base36(n)
+    if n == 0 then
+        return '0'
+    end
+    local digits = {}
+    while n > 0 do
+        local d = n % 36
+        table.insert(digits, 1, string.sub(BASE36, d + 1, d + 1))
+        n = (n - d) / 36
+    end
+    return table.concat(digits)
+end
+
+-- FCALL sluice_publish 1 <topic> <payload-json> [<type> [<snapshot-json>]]
+-- -> {seq, epoch}
+local function publish(keys, args)
+    if #keys ~= 1 then
+        return fail('expected exactly 1 key (the topic), got ' .. #keys)
+    end
+    local topic = keys[1]
+    local problem = topic_problem(topic)
+    if problem then
+        return fail(problem)
+    end
+    if #args < 1 then
+        return fail('payload is missing')
+    end
+    if #args > 3 then
+        return fail('too many arguments: expected <payload> [<type> [<snapshot>]]')
+    end
+    local payload = args[1]
+    problem = json_problem('payload', payload)
+    if problem then
+        return fail(problem)
+    end
+    local msg_type = 'delta'
+    if #args >= 2 then
+        msg_type = args[2]
+        if msg_type ~= 'delta' and msg_type ~= 'alert' then
+            return fail('type must be "delta" or "alert"')
+        end
+    end
+    local snapshot = nil
+    if #args >= 3 then
+        snapshot = args[3]
+        problem = json_problem('snapshot', snapshot)
+        if problem then
+            return fail(problem)
+        end
+    end
+
+    local meta = meta_key(topic)
+    local stream = stream_key(topic)
+
+    local now = redis.call('TIME')
+    local sec, usec = tonumber(now[1]), tonumber(now[2])
+    local now_ms = sec * 1000 + math.floor(usec / 1000)
+
+    local cur = redis.call('HMGET', meta, 'epoch', 'ems')
+    local epoch, ems = cur[1], cur[2]
+    if not epoch or not ems then
+        -- New topic, or its state was lost: start a new epoch.
+        local micros = sec * 1000000 + usec
+        local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+        if last then
+            local last_ms = tonumber(string.match(last[1], '^(%d+)-'))
+            if last_ms and math.floor(micros / 1000) <= last_ms then
+                micros = (last_ms + 1) * 1000
+            end
+        end
+        epoch = to_base36(micros)
+        ems = string.format('%d', math.floor(micros / 1000))
+        redis.call('DEL', stream)
+        redis.call('HSET', meta, 'epoch', epoch, 'ems', ems, 'seq', 0)
+        redis.call('HDEL', meta, 'snap', 'snap_seq')
+    end
+
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    local seq_str = string.format('%d', seq)
+    redis.call('XADD', stream, 'MAXLEN', TRIM_OP, string.format('%d', HISTORY_SIZE), ems .. '-' .. seq_str,
+        'e', epoch, 't', msg_type, 'p', payload, 'ts', string.format('%d', now_ms))
+    if snapshot then
+        redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str)
+    end
+    local ttl = string.format('%d', HISTORY_TTL)
+    redis.call('EXPIRE', meta, ttl)
+    redis.call('EXPIRE', stream, ttl)
+    return { seq, epoch }
+end
+
+-- FCALL_RO sluice_state 1 <topic> -> {seq, epoch, snap_seq, snap}
+-- One atomic read of a topic's position and snapshot:
+--   seq       integer, last seq published (0 if the topic is unknown)
+--   epoch     string ("" if the topic is unknown)
+--   snap_seq  integer, seq the snapshot reflects (0 if there is no snapshot)
+--   snap      the snapshot JSON text, or nil (RESP null) if there is none
+-- An unknown (or expired, or invalid) topic gives {0, "", 0, nil}: the
+-- topic name is checked only for the key count, not validated.
+local function state(keys, args)
+    if #keys ~= 1 then
+        return fail('expected exactly 1 key (the topic), got ' .. #keys)
+    end
+    if #args ~= 0 then
+        return fail('sluice_state takes no arguments')
+    end
+    local cur = redis.call('HMGET', meta_key(keys[1]), 'seq', 'epoch', 'snap_seq', 'snap')
+    if not cur[2] then
+        return { 0, '', 0, false }
+    end
+    local snap_seq = 0
+    if cur[4] then
+        snap_seq = tonumber(cur[3]) or 0
+    end
+    local seq, epoch, snap = tonumber(cur[1]) or 0, cur[2], cur[4]
+    return { seq, epoch, snap_seq, snap }
+end
+
+redis.register_function('sluice_publish', publish)
+redis.register_function {
+    function_name = 'sluice_state',
+    callback = state,
+    flags = { 'no-writes' },
+}

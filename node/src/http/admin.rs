@@ -1,0 +1,228 @@
+//! The admin API: publish over HTTP and inspect this node. Every route here needs
+//! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`; with no token configured they all
+//! answer 403, so a node is never left open by omission.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    Json,
+};
+use serde_json::{json, Map, Value};
+use sluice_common::{publisher::PublishKind, time_fmt, ErrorCode, Topic};
+
+use super::ApiError;
+use crate::{
+    broker::{BrokerError, PublishRequest},
+    state::AppState,
+};
+
+/// Checks the admin bearer token: 401 without one, 403 when wrong or unconfigured.
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = st.config.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "admin API is disabled: set SLUICE_ADMIN_TOKEN",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::AuthRequired,
+            "admin token required: Authorization: Bearer <token>",
+        )),
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "wrong admin token",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidMessage, msg)
+}
+
+/// A validated publish body.
+#[derive(Debug)]
+struct PublishBody {
+    topic: Topic,
+    kind: PublishKind,
+    payload: String,
+    snapshot: Option<String>,
+}
+
+fn parse_publish(body: &[u8]) -> Result<PublishBody, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(invalid("body must be a JSON object"));
+    };
+    let topic = match obj.get("topic") {
+        Some(Value::String(s)) => Topic::parse(s)
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidTopic, e.to_string()))?,
+        Some(_) => return Err(invalid("field 'topic' must be a string")),
+        None => return Err(invalid("field 'topic' is missing")),
+    };
+    let payload =
+        payload_of(&obj).ok_or_else(|| invalid("field 'payload' (or 'data') is missing"))?;
+    let kind = match obj.get("type") {
+        None | Some(Value::Null) => PublishKind::Delta,
+        Some(Value::String(s)) => PublishKind::parse(s)
+            .ok_or_else(|| invalid(format!("type {s:?} must be 'delta' or 'alert'")))?,
+        Some(_) => return Err(invalid("field 'type' must be a string")),
+    };
+    let snapshot = match obj.get("snapshot") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.to_string()),
+    };
+    Ok(PublishBody {
+        topic,
+        kind,
+        payload: payload.to_string(),
+        snapshot,
+    })
+}
+
+fn payload_of(obj: &Map<String, Value>) -> Option<&Value> {
+    obj.get("payload").or_else(|| obj.get("data"))
+}
+
+/// `POST /publish` and `POST /broadcast`.
+pub async fn publish(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let b = parse_publish(&body)?;
+    let pos = st
+        .broker
+        .publish(PublishRequest {
+            topic: &b.topic,
+            kind: b.kind,
+            payload_json: &b.payload,
+            snapshot_json: b.snapshot.as_deref(),
+        })
+        .await
+        .map_err(|e| match e {
+            BrokerError::Invalid(m) => invalid(m),
+            BrokerError::Unavailable(m) => ApiError::unavailable(m),
+        })?;
+    st.metrics.published.increment(1);
+    Ok(Json(json!({
+        "status": "published",
+        "topic": b.topic,
+        "seq": pos.seq,
+        "epoch": pos.epoch,
+    })))
+}
+
+/// `GET /connections`: this node's sessions.
+pub async fn connections(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let list: Vec<Value> = st
+        .sessions
+        .snapshot()
+        .iter()
+        .map(|s| {
+            let subs = s.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            json!({
+                "connection_id": s.connection_id,
+                "client_ip": s.client_ip.ip().to_string(),
+                "connect_time": s.connect_time,
+                "last_heartbeat": time_fmt::format_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed)),
+                "subscriptions": subs,
+                "user": s.user,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "count": list.len(), "connections": list })))
+}
+
+/// `GET /topics`: topics with local subscribers, and each one's head seq.
+pub async fn topics(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let mut topics = Map::new();
+    for (topic, count) in st.hub.topic_counts() {
+        let head = match st.broker.state(&topic).await {
+            Ok(s) => json!(s.position.map_or(0, |p| p.seq)),
+            Err(_) => Value::Null,
+        };
+        topics.insert(
+            topic.to_string(),
+            json!({ "subscriber_count": count, "head_seq": head }),
+        );
+    }
+    Ok(Json(
+        json!({ "topic_count": topics.len(), "topics": topics }),
+    ))
+}
+
+/// `GET /cluster`: the live nodes. With the embedded broker there is exactly one.
+pub async fn cluster(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&st, &headers)?;
+    let me = json!({
+        "node_id": st.config.node_id,
+        "connections": st.sessions.len(),
+        "draining": st.is_draining(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    Ok(Json(json!({ "nodes": [me], "count": 1 })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_bodies_are_checked_field_by_field() {
+        let code = |b: &str| parse_publish(b.as_bytes()).unwrap_err().code;
+        assert_eq!(code("nope"), ErrorCode::InvalidMessage);
+        assert_eq!(code("[]"), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"payload":1}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"topic":"a b","payload":1}"#),
+            ErrorCode::InvalidTopic
+        );
+        assert_eq!(code(r#"{"topic":"a"}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"topic":"a","payload":1,"type":"shout"}"#),
+            ErrorCode::InvalidMessage
+        );
+        let ok =
+            parse_publish(br#"{"topic":"a.b","data":{"x":1},"type":"alert","snapshot":{"s":1}}"#)
+                .unwrap();
+        assert_eq!(ok.kind, PublishKind::Alert);
+        assert_eq!(ok.payload, r#"{"x":1}"#);
+        assert_eq!(ok.snapshot.as_deref(), Some(r#"{"s":1}"#));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

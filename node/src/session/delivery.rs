@@ -1,0 +1,305 @@
+//! Exactly-once, in-order delivery per topic, whatever mix of replay, snapshot and
+//! live publications reaches the session.
+//!
+//! Each subscription remembers the epoch and the last seq it delivered. A live
+//! publication at or below that seq is a duplicate (it was already replayed) and is
+//! dropped; one above `last + 1` reveals a gap (the node started reading the topic
+//! after the subscriber's position) and the gap is filled from history first. The
+//! outbox itself buffers live publications while a subscribe replays, so the hand-over
+//! from replay to live needs no extra buffer and no lock.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::json;
+use sluice_common::{
+    protocol::{FrameType, ServerFrame, SubscribeEntry},
+    ErrorCode, Topic,
+};
+
+use super::{actor::Session, SessionEnd};
+use crate::broker::{BrokerError, Pub};
+
+/// Publications fetched from history per request.
+const PAGE: usize = 500;
+/// Background mode sends each topic's newest message at most this often.
+pub(super) const CONFLATE_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// The delivery position of one subscription.
+#[derive(Debug, Default)]
+pub(crate) struct SubState {
+    /// The epoch of the messages delivered so far (`None` before the first one).
+    epoch: Option<Arc<str>>,
+    /// The seq of the last message delivered.
+    last_seq: u64,
+    /// Background mode: the newest message not yet delivered.
+    pending: Option<Pub>,
+}
+
+fn broker_failure(e: BrokerError) -> SessionEnd {
+    SessionEnd::Internal(format!("broker: {e}"))
+}
+
+impl<S, E> Session<S>
+where
+    S: futures_util::Sink<axum::extract::ws::Message, Error = E>
+        + futures_util::Stream<Item = Result<axum::extract::ws::Message, E>>
+        + Unpin
+        + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    /// Subscribes one topic: ack, then the replay or snapshot the entry asks for,
+    /// then live messages (through the outbox).
+    pub(super) async fn subscribe(
+        &mut self,
+        entry: SubscribeEntry,
+        correlation_id: Option<serde_json::Value>,
+    ) -> Result<(), SessionEnd> {
+        let name = entry.filter.to_string();
+        let topic = match entry.filter.exact() {
+            Ok(t) => t,
+            Err(_) => {
+                let msg = "wildcard subscriptions are not supported by this node yet";
+                return self
+                    .send_error(
+                        ErrorCode::InvalidTopic,
+                        msg,
+                        json!({ "topic": name }),
+                        correlation_id,
+                    )
+                    .await;
+            }
+        };
+        let limit = self.state.config.max_subscriptions;
+        if !self.subs.contains_key(&topic) && self.subs.len() >= limit {
+            let msg = "too many subscriptions on this connection";
+            let details = json!({ "topic": name, "limit": limit });
+            return self
+                .send_error(
+                    ErrorCode::TooManySubscriptions,
+                    msg,
+                    details,
+                    correlation_id,
+                )
+                .await;
+        }
+
+        // Join the hub first: every publication from now on queues in the outbox, so
+        // whatever the replay below does not cover arrives live.
+        self.state.hub.join(&topic, self.id, self.handle.clone());
+        self.subs.insert(topic.clone(), SubState::default());
+        self.publish_subscriptions();
+        let state = match self.state.broker.follow(&topic).await {
+            Ok(()) => self.state.broker.state(&topic).await,
+            Err(e) => Err(e),
+        };
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                self.unsubscribe(&topic);
+                self.publish_subscriptions();
+                let msg = format!("could not subscribe: {e}");
+                return self
+                    .send_error(
+                        ErrorCode::InternalError,
+                        &msg,
+                        json!({ "topic": name }),
+                        correlation_id,
+                    )
+                    .await;
+            }
+        };
+        let head = state.position.as_ref().map_or(0, |p| p.seq);
+        let epoch: Option<Arc<str>> = state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
+
+        // Resume when the client's position is still in the retained history.
+        let mut replay: Option<(u64, Vec<Pub>)> = None;
+        if let Some(n) = entry.resume_from_seq {
+            let n = n.max(1);
+            let same_epoch = match (&entry.epoch, &epoch) {
+                (None, _) => true,
+                (Some(theirs), Some(ours)) => theirs.as_str() == &**ours,
+                (Some(_), None) => false,
+            };
+            if same_epoch && n == head + 1 {
+                replay = Some((n, Vec::new()));
+            } else if same_epoch && n <= head {
+                let page = self
+                    .state
+                    .broker
+                    .history(&topic, n, PAGE)
+                    .await
+                    .map_err(broker_failure)?;
+                let starts_at_n = page
+                    .first()
+                    .is_some_and(|p| p.seq == n && Some(&p.epoch) == epoch.as_ref());
+                if starts_at_n {
+                    replay = Some((n, page));
+                }
+            }
+        }
+
+        let ack = ServerFrame::new(FrameType::Ack)
+            .with_topic(topic.as_str())
+            .with_correlation_id(correlation_id)
+            .with_payload(json!({
+                "subscribed": true,
+                "head_seq": head,
+                "epoch": epoch.as_deref(),
+                "recovered": replay.is_some(),
+            }));
+        self.send_frame(&ack).await?;
+        if let Some(sub) = self.subs.get_mut(&topic) {
+            sub.epoch = epoch.clone();
+        }
+
+        match replay {
+            Some((n, page)) => {
+                self.set_last(&topic, n - 1);
+                for p in page {
+                    self.deliver(&p).await?;
+                }
+                if !self.fill_gap(&topic, head + 1).await? {
+                    return Err(SessionEnd::SlowConsumer("history trimmed during replay"));
+                }
+            }
+            None => match state.snapshot.filter(|s| Some(&s.epoch) == epoch.as_ref()) {
+                Some(snap) => {
+                    self.deliver(&snap).await?;
+                    // Deltas after the snapshot; if they were trimmed already, the
+                    // snapshot is the best state there is and live continues from head.
+                    if !self.fill_gap(&topic, head + 1).await? {
+                        self.set_last(&topic, head);
+                    }
+                }
+                None => self.set_last(&topic, head),
+            },
+        }
+        Ok(())
+    }
+
+    fn set_last(&mut self, topic: &Topic, seq: u64) {
+        if let Some(sub) = self.subs.get_mut(topic) {
+            sub.last_seq = seq;
+        }
+    }
+
+    /// Stops delivering `topic`; returns whether it was subscribed.
+    pub(super) fn unsubscribe(&mut self, topic: &Topic) -> bool {
+        let was = self.subs.remove(topic).is_some();
+        if self.state.hub.leave(topic, self.id) {
+            self.state.broker.unfollow(topic);
+        }
+        was
+    }
+
+    pub(super) fn leave_all(&mut self) {
+        let topics: Vec<Topic> = self.subs.keys().cloned().collect();
+        for t in topics {
+            self.unsubscribe(&t);
+        }
+        self.publish_subscriptions();
+    }
+
+    /// A publication from the hub.
+    pub(super) async fn on_publication(&mut self, p: Pub) -> Result<(), SessionEnd> {
+        let background = self.background;
+        let Some(sub) = self.subs.get_mut(&p.topic) else {
+            return Ok(()); // unsubscribed meanwhile
+        };
+        if sub.epoch.as_ref() != Some(&p.epoch) {
+            // The topic restarted under a new epoch (its history was lost): follow
+            // the new history from its first message.
+            sub.epoch = Some(p.epoch.clone());
+            sub.last_seq = 0;
+            sub.pending = None;
+        }
+        if p.seq <= sub.last_seq {
+            return Ok(()); // already delivered by a replay
+        }
+        if background {
+            if sub.pending.as_ref().is_none_or(|q| q.seq < p.seq) {
+                sub.pending = Some(p);
+            }
+            return Ok(());
+        }
+        let topic = p.topic.clone();
+        if !self.fill_gap(&topic, p.seq).await? {
+            return Err(SessionEnd::SlowConsumer(
+                "missed messages are no longer in history",
+            ));
+        }
+        self.deliver(&p).await
+    }
+
+    /// Delivers, from history, every message after the last delivered one and before
+    /// `until`. Returns false when history no longer holds them.
+    async fn fill_gap(&mut self, topic: &Topic, until: u64) -> Result<bool, SessionEnd> {
+        loop {
+            let Some(sub) = self.subs.get(topic) else {
+                return Ok(true);
+            };
+            let from = sub.last_seq + 1;
+            if from >= until {
+                return Ok(true);
+            }
+            let epoch = sub.epoch.clone();
+            let want = ((until - from) as usize).min(PAGE);
+            let page = self
+                .state
+                .broker
+                .history(topic, from, want)
+                .await
+                .map_err(broker_failure)?;
+            match page.first() {
+                Some(p) if p.seq == from && Some(&p.epoch) == epoch.as_ref() => {}
+                _ => return Ok(false),
+            }
+            for p in page.iter().take_while(|p| p.seq < until) {
+                self.deliver(p).await?;
+            }
+        }
+    }
+
+    /// Writes `p` and advances the subscription's position.
+    async fn deliver(&mut self, p: &Pub) -> Result<(), SessionEnd> {
+        self.write_pub(p).await?;
+        if let Some(sub) = self.subs.get_mut(&p.topic) {
+            sub.last_seq = sub.last_seq.max(p.seq);
+            if sub.pending.as_ref().is_some_and(|q| q.seq <= p.seq) {
+                sub.pending = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Background mode tick: the newest pending message of each topic.
+    pub(super) async fn flush_conflated(&mut self) -> Result<(), SessionEnd> {
+        let pending: Vec<Pub> = self
+            .subs
+            .values_mut()
+            .filter_map(|s| s.pending.take())
+            .collect();
+        for p in pending {
+            self.deliver(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaving background mode: everything since the last delivered message, in full.
+    pub(super) async fn leave_background(&mut self) -> Result<(), SessionEnd> {
+        let pending: Vec<Pub> = self
+            .subs
+            .values_mut()
+            .filter_map(|s| s.pending.take())
+            .collect();
+        for p in pending {
+            if !self.fill_gap(&p.topic, p.seq).await? {
+                return Err(SessionEnd::SlowConsumer(
+                    "missed messages are no longer in history",
+                ));
+            }
+            self.deliver(&p).await?;
+        }
+        Ok(())
+    }
+}
