@@ -10,7 +10,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
-    broker::{memory::MemoryBroker, Broker},
+    broker::{memory::MemoryBroker, redis::RedisBroker, Broker},
     config::Config,
     http,
     hub::Hub,
@@ -52,7 +52,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             }));
             memory
         }
-        Some(_) => anyhow::bail!("REDIS_URL is set but this build has no Redis broker yet"),
+        Some(url) => RedisBroker::connect(
+            url,
+            hub.clone(),
+            metrics.clone(),
+            config.history_size,
+            config.history_ttl,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     let listener = TcpListener::bind(config.bind)
         .await

@@ -8,7 +8,7 @@
 //! publications of the topic flow into the hub.
 
 pub mod memory;
-// pub mod redis;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -154,7 +154,8 @@ local function json_problem(what, text)
     cjson.decode_invalid_numbers(false)
     local ok, err = pcall(cjson.decode, text)
     if not ok then
-        err = string.gsub(tostring(err), '^.-: ', '')
+        -- drop a "chunk:line: " prefix if Lua added one
+        err = string.gsub(tostring(err), '^[^:]*:%d+: ', '')
         return what .. ' is not valid JSON (' .. err .. ')'
     end
     return nil
@@ -284,7 +285,32 @@ local function state(keys, args)
     return { seq, epoch, snap_seq, snap }
 end
 
+-- FCALL_RO sluice_history 1 <topic> <from-seq> <count>
+-- -> up to <count> entries of the CURRENT epoch with seq >= <from-seq>, in order,
+-- as XRANGE returns them ({id, {field, value, ...}}); {} for an unknown topic.
+-- Reading the epoch's ms part and the range in one call keeps them consistent.
+local function history(keys, args)
+    if #keys ~= 1 then
+        return fail('expected exactly 1 key (the topic), got ' .. #keys)
+    end
+    local from, count = tonumber(args[1]), tonumber(args[2])
+    if #args ~= 2 or not from or from < 1 or from % 1 ~= 0 or not count or count < 1 or count % 1 ~= 0 then
+        return fail('expected <from-seq> <count>, both whole numbers of at least 1')
+    end
+    local ems = redis.call('HGET', meta_key(keys[1]), 'ems')
+    if not ems then
+        return {}
+    end
+    return redis.call('XRANGE', stream_key(keys[1]), ems .. '-' .. string.format('%d', from), '+',
+        'COUNT', string.format('%d', count))
+end
+
 redis.register_function('sluice_publish', publish)
+redis.register_function {
+    function_name = 'sluice_history',
+    callback = history,
+    flags = { 'no-writes' },
+}
 redis.register_function {
     function_name = 'sluice_state',
     callback = state,

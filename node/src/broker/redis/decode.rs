@@ -1,0 +1,111 @@
+//! Stream entries to publications: the one place that knows the entry fields
+//! (`e` epoch, `t` type, `p` payload, `ts` publish ms) the function library writes.
+
+use std::{collections::HashMap, sync::Arc};
+
+use sluice_common::{keys, protocol::FrameType, Topic};
+
+use crate::broker::{Pub, Publication};
+
+/// Shares one allocation per epoch string among all publications of that epoch.
+#[derive(Debug, Default)]
+pub(crate) struct EpochCache {
+    epochs: HashMap<String, Arc<str>>,
+}
+
+impl EpochCache {
+    pub(crate) fn get(&mut self, epoch: &str) -> Arc<str> {
+        if let Some(e) = self.epochs.get(epoch) {
+            return e.clone();
+        }
+        if self.epochs.len() > 10_000 {
+            self.epochs.clear();
+        }
+        let e: Arc<str> = Arc::from(epoch);
+        self.epochs.insert(epoch.to_owned(), e.clone());
+        e
+    }
+}
+
+/// Builds the publication for one entry; `None` if the entry is not one of ours.
+pub(crate) fn decode_entry(
+    topic: &Topic,
+    id: &str,
+    fields: &HashMap<String, String>,
+    epochs: &mut EpochCache,
+) -> Option<Pub> {
+    let (_, seq) = keys::parse_entry_id(id)?;
+    let epoch = epochs.get(fields.get("e")?);
+    let kind = match fields.get("t").map(String::as_str) {
+        Some("alert") => FrameType::Alert,
+        Some("delta") | None => FrameType::Delta,
+        Some(_) => return None,
+    };
+    let payload = fields.get("p")?;
+    let ts = fields
+        .get("ts")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(sluice_common::time_fmt::now_ms);
+    Some(Publication::new(
+        topic.clone(),
+        seq,
+        epoch,
+        kind,
+        ts,
+        payload,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn decodes_the_fields_the_function_writes() {
+        let t = Topic::parse("prices.A").unwrap();
+        let mut cache = EpochCache::default();
+        let p = decode_entry(
+            &t,
+            "1700000000000-7",
+            &fields(&[("e", "ep"), ("t", "alert"), ("p", "{\"x\":1}"), ("ts", "5")]),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(p.seq, 7);
+        assert_eq!(&*p.epoch, "ep");
+        assert_eq!(p.kind, FrameType::Alert);
+        assert_eq!(p.published_ms, 5);
+        assert!(p.frame.as_str().ends_with(r#""payload":{"x":1}}"#));
+        let q = decode_entry(
+            &t,
+            "1700000000000-8",
+            &fields(&[("e", "ep"), ("p", "1")]),
+            &mut cache,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&p.epoch, &q.epoch), "epochs are shared");
+    }
+
+    #[test]
+    fn refuses_entries_that_are_not_ours() {
+        let t = Topic::parse("a").unwrap();
+        let mut cache = EpochCache::default();
+        assert!(decode_entry(&t, "bad", &fields(&[("e", "x"), ("p", "1")]), &mut cache).is_none());
+        assert!(decode_entry(&t, "1-1", &fields(&[("p", "1")]), &mut cache).is_none());
+        assert!(decode_entry(&t, "1-1", &fields(&[("e", "x")]), &mut cache).is_none());
+        assert!(decode_entry(
+            &t,
+            "1-1",
+            &fields(&[("e", "x"), ("p", "1"), ("t", "weird")]),
+            &mut cache
+        )
+        .is_none());
+    }
+}

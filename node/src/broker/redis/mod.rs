@@ -1,0 +1,376 @@
+//! The Redis broker: the only module that knows fred. Every seq, history entry and
+//! snapshot lives in Redis, written by the `sluice` function library (`sluice.lua`),
+//! so any node can serve any client's resume.
+//!
+//! Connections: a small pool for ordinary commands (publish, state, history) and one
+//! dedicated client per reader group for blocking `XREAD`s, because a blocked read
+//! stalls every other command on its connection.
+
+mod decode;
+mod reader;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use fred::{
+    clients::{Client, Pool},
+    error::Error as RedisError,
+    interfaces::{ClientLike, FunctionInterface, StreamsInterface},
+    types::{
+        config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
+        Builder,
+    },
+};
+use sluice_common::{keys, protocol::FrameType, time_fmt, StreamPosition, Topic};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::{
+    decode::{decode_entry, EpochCache},
+    reader::ReaderGroup,
+};
+use super::{Broker, BrokerError, Pub, Publication, PublishRequest, TopicState};
+use crate::{hub::Hub, metrics::Metrics};
+
+/// The function library, with `__HISTORY_SIZE__` and `__HISTORY_TTL__` to fill in.
+const LIBRARY: &str = include_str!("sluice.lua");
+/// Connections in the pool for ordinary commands.
+const POOL_SIZE: usize = 4;
+/// Blocking reader connections; each covers the topics whose names hash to it.
+const READER_GROUPS: usize = 2;
+/// How long start-up waits for Redis before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands on the pool fail after this long instead of waiting for a reconnect.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often connectivity is probed.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The function library as loaded for this node's history settings.
+pub fn library_source(history_size: usize, history_ttl: Duration) -> String {
+    LIBRARY
+        .replacen("__HISTORY_SIZE__", &history_size.to_string(), 1)
+        .replacen(
+            "__HISTORY_TTL__",
+            &history_ttl.as_secs().max(1).to_string(),
+            1,
+        )
+}
+
+#[derive(Debug)]
+pub struct RedisBroker {
+    pool: Pool,
+    groups: Vec<Arc<ReaderGroup>>,
+    hub: Arc<Hub>,
+    library: String,
+    connected: Arc<AtomicBool>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
+    let mut b = Builder::from_config(config.clone());
+    b.with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(3);
+        c.internal_command_timeout = Duration::from_secs(3);
+        c.unresponsive = UnresponsiveConfig {
+            max_timeout: Some(Duration::from_secs(5)),
+            interval: Duration::from_secs(1),
+        };
+    })
+    .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    if let Some(t) = command_timeout {
+        b.with_performance_config(|p| p.default_command_timeout = t);
+    }
+    b
+}
+
+/// Checks the URL is one this build can serve, with a clear reason when not.
+fn parse_url(url: &str) -> Result<RedisConfig, BrokerError> {
+    let unsupported = |what: &str| {
+        BrokerError::Unavailable(format!(
+            "REDIS_URL: {what} is not supported by this build yet"
+        ))
+    };
+    if url.contains(',') {
+        return Err(unsupported("a list of Redis servers"));
+    }
+    if url.starts_with("rediss") {
+        return Err(unsupported("TLS (rediss://)"));
+    }
+    if url.starts_with("redis+cluster") || url.starts_with("redis-cluster") {
+        return Err(unsupported("Redis Cluster"));
+    }
+    RedisConfig::from_url(url)
+        .map_err(|e| BrokerError::Unavailable(format!("REDIS_URL {url:?}: {e}")))
+}
+
+fn unavailable(e: RedisError) -> BrokerError {
+    BrokerError::Unavailable(e.details().to_owned())
+}
+
+impl RedisBroker {
+    /// Connects, loads the function library and starts the readers.
+    pub async fn connect(
+        url: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        history_size: usize,
+        history_ttl: Duration,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let config = parse_url(url)?;
+        let pool = builder(&config, Some(COMMAND_TIMEOUT))
+            .build_pool(POOL_SIZE)
+            .map_err(unavailable)?;
+        let init = async {
+            pool.init().await?;
+            let mut groups = Vec::with_capacity(READER_GROUPS);
+            for _ in 0..READER_GROUPS {
+                let client: Client = builder(&config, None).build()?;
+                client.init().await?;
+                groups.push(ReaderGroup::new(client));
+            }
+            Ok::<_, RedisError>(groups)
+        };
+        let groups = match tokio::time::timeout(CONNECT_TIMEOUT, init).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "cannot reach Redis at {url}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "cannot reach Redis at {url} within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
+        let broker = Arc::new(RedisBroker {
+            pool,
+            groups,
+            hub: hub.clone(),
+            library: library_source(history_size, history_ttl),
+            connected: Arc::new(AtomicBool::new(true)),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        broker.load_library().await?;
+        metrics.redis_connected.set(1.0);
+        let mut tasks = Vec::new();
+        for g in &broker.groups {
+            tasks.push(tokio::spawn(
+                g.clone().run(hub.clone(), broker.stop.clone()),
+            ));
+        }
+        tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
+        *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        info!(%url, "connected to Redis; function library loaded");
+        Ok(broker)
+    }
+
+    /// `FUNCTION LOAD REPLACE` of the library.
+    async fn load_library(&self) -> Result<(), BrokerError> {
+        self.pool
+            .next()
+            .function_load::<String, _>(true, self.library.as_str())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                BrokerError::Unavailable(format!(
+                    "loading the sluice function library: {}",
+                    e.details()
+                ))
+            })
+    }
+
+    /// Probes Redis; on coming back, reloads the library (a Redis restarted without
+    /// persistence has lost it).
+    async fn watch_health(self: Arc<Self>, metrics: Arc<Metrics>) {
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ping = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.pool.next().ping::<String>(None),
+            )
+            .await;
+            let up = matches!(ping, Ok(Ok(_)))
+                && self.groups.iter().all(|g| reader::connected(g.client()));
+            let was = self.connected.load(Ordering::Acquire);
+            if up && !was {
+                match self.load_library().await {
+                    Ok(()) => info!("Redis reachable again; function library reloaded"),
+                    Err(e) => {
+                        warn!(error = %e, "Redis is back but the library did not load");
+                        continue;
+                    }
+                }
+            } else if !up && was {
+                warn!("Redis unreachable; node not ready until it is back");
+            }
+            self.connected.store(up, Ordering::Release);
+            metrics.redis_connected.set(if up { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn group(&self, topic: &Topic) -> &Arc<ReaderGroup> {
+        &self.groups[reader::group_of(topic, self.groups.len())]
+    }
+
+    async fn fcall_publish(&self, topic: &str, args: &[&str]) -> Result<(u64, String), RedisError> {
+        self.pool
+            .next()
+            .fcall("sluice_publish", topic, args.to_vec())
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError> {
+        let mut args = vec![req.payload_json, req.kind.as_str()];
+        if let Some(s) = req.snapshot_json {
+            args.push(s);
+        }
+        let topic = req.topic.as_str();
+        let mut result = self.fcall_publish(topic, &args).await;
+        if matches!(&result, Err(e) if e.details().contains("Function not found")) {
+            self.load_library().await?;
+            result = self.fcall_publish(topic, &args).await;
+        }
+        match result {
+            Ok((seq, epoch)) => Ok(StreamPosition { seq, epoch }),
+            Err(e) => match e.details().split_once("sluice: ") {
+                Some((_, reason)) => Err(BrokerError::Invalid(reason.to_owned())),
+                None => Err(unavailable(e)),
+            },
+        }
+    }
+
+    async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
+        let (seq, epoch, snap_seq, snap): (u64, String, u64, Option<String>) = self
+            .pool
+            .next()
+            .fcall_ro("sluice_state", topic.as_str(), Vec::<String>::new())
+            .await
+            .map_err(unavailable)?;
+        if epoch.is_empty() {
+            return Ok(TopicState::default());
+        }
+        let e: Arc<str> = Arc::from(epoch.as_str());
+        let snapshot = snap.map(|s| {
+            Publication::new(
+                topic.clone(),
+                snap_seq,
+                e,
+                FrameType::Snapshot,
+                time_fmt::now_ms(),
+                &s,
+            )
+        });
+        Ok(TopicState {
+            position: Some(StreamPosition { seq, epoch }),
+            snapshot,
+        })
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Pub>, BrokerError> {
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .pool
+            .next()
+            .fcall_ro(
+                "sluice_history",
+                topic.as_str(),
+                vec![from.max(1).to_string(), limit.max(1).to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut epochs = EpochCache::default();
+        Ok(entries
+            .iter()
+            .filter_map(|(id, fields)| decode_entry(topic, id, fields, &mut epochs))
+            .collect())
+    }
+
+    async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        let group = self.group(topic);
+        if group.is_following(topic) {
+            return Ok(());
+        }
+        // Start from the stream's newest entry: anything after it arrives live, and a
+        // subscriber's replay covers everything up to the head it reads next.
+        let last: Vec<(String, HashMap<String, String>)> = self
+            .pool
+            .next()
+            .xrevrange(keys::stream(topic.as_str()), "+", "-", Some(1))
+            .await
+            .map_err(unavailable)?;
+        let start = last
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+        group.follow(topic, start).await
+    }
+
+    fn unfollow(&self, topic: &Topic) {
+        self.group(topic).unfollow(topic, &self.hub);
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        let _ = self.pool.quit().await;
+        for g in &self.groups {
+            let _ = g.client().quit().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_is_rendered_with_the_history_settings() {
+        let src = library_source(250, Duration::from_secs(60));
+        assert!(src.starts_with("#!lua name=sluice"));
+        assert!(src.contains("local HISTORY_SIZE = 250\n"));
+        assert!(src.contains("local HISTORY_TTL = 60\n"));
+        assert!(!src.contains("__HISTORY"));
+    }
+
+    #[test]
+    fn unsupported_urls_are_refused_clearly() {
+        for url in [
+            "rediss://h:1",
+            "redis+cluster://h:1",
+            "redis://a:1,redis://b:2",
+        ] {
+            let err = parse_url(url).unwrap_err().to_string();
+            assert!(err.contains("not supported"), "{url}: {err}");
+        }
+        assert!(parse_url("redis://127.0.0.1:6379/0").is_ok());
+    }
+}
