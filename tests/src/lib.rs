@@ -8,7 +8,11 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sluice_node::{Config, RunningNode};
+use sluice_common::{publisher::PublishKind, Topic};
+use sluice_node::{
+    broker::{Broker, PublishRequest},
+    Config, RunningNode,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     tungstenite::{protocol::frame::coding::CloseCode as WsCloseCode, Message},
@@ -109,6 +113,62 @@ impl TestNode {
     pub async fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let (s, body) = self.get(path, token).await;
         (s, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Publishes straight into the node's broker (no HTTP round trip), for tests that
+    /// need thousands of messages quickly. Returns `(seq, epoch)`.
+    pub async fn publish_direct(
+        &self,
+        topic: &str,
+        payload_json: &str,
+        snapshot_json: Option<&str>,
+    ) -> (u64, String) {
+        publish_to(
+            &*self.node().state.broker,
+            topic,
+            payload_json,
+            snapshot_json,
+        )
+        .await
+    }
+
+    /// The value of an unlabelled metric in `GET /metrics`; `None` when it is absent.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (status, text) = self.get("/metrics", None).await;
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        metric_value(&text, name)
+    }
+
+    /// Polls `GET /metrics` until `name` reaches at least `at_least`; returns its value.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, within: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = self.metric(name).await.unwrap_or(0.0);
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at {v} (< {at_least}) for {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls the session registry until it holds exactly `n` sessions.
+    pub async fn wait_sessions(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let have = self.node().state.sessions.len();
+            if have == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node still has {have} sessions (want {n}) after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Graceful shutdown (drain), as on SIGTERM.
@@ -274,10 +334,70 @@ impl WsClient {
             .await;
     }
 
+    /// Sends a protocol `ping` and waits for its `pong`, proving the session is open
+    /// and still answering. Asserts both `correlation_id` and `ts` are echoed.
+    pub async fn ping_pong(&mut self, correlation_id: &str) {
+        let ts = format!("ts-{correlation_id}");
+        self.send_json(json!({"type": "ping", "correlation_id": correlation_id, "ts": ts}))
+            .await;
+        let pong = self
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("no pong for {correlation_id}: {e}"));
+        assert_eq!(pong["type"], "pong", "expected a pong, got {pong}");
+        assert_eq!(pong["correlation_id"], correlation_id, "{pong}");
+        assert_eq!(pong["payload"]["ts"], ts.as_str(), "{pong}");
+    }
+
+    /// Reads publications until one with `seq >= last` arrives; returns all of them.
+    pub async fn recv_pubs_until(&mut self, last: u64) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        loop {
+            let v = self.recv().await.unwrap_or_else(|e| {
+                panic!("waiting for seq {last}, after {:?}: {e}", seqs(&out).last())
+            });
+            if matches!(v["type"].as_str(), Some("delta" | "alert" | "snapshot")) {
+                let seq = v["seq"].as_u64().expect("seq");
+                out.push(v);
+                if seq >= last {
+                    return out;
+                }
+            }
+        }
+    }
+
     /// The raw stream, for tests that need frame-level control.
     pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
         &mut self.ws
     }
+}
+
+/// Publishes through any broker handle; returns `(seq, epoch)`.
+pub async fn publish_to(
+    broker: &dyn Broker,
+    topic: &str,
+    payload_json: &str,
+    snapshot_json: Option<&str>,
+) -> (u64, String) {
+    let topic = Topic::parse(topic).expect("valid topic");
+    let pos = broker
+        .publish(PublishRequest {
+            topic: &topic,
+            kind: PublishKind::Delta,
+            payload_json,
+            snapshot_json,
+        })
+        .await
+        .expect("broker publish");
+    (pos.seq, pos.epoch)
+}
+
+/// The value of the unlabelled sample `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Seqs of publications, in order received.
@@ -285,4 +405,33 @@ pub fn seqs(pubs: &[Value]) -> Vec<u64> {
     pubs.iter()
         .map(|p| p["seq"].as_u64().expect("seq"))
         .collect()
+}
+
+/// Starts a node backed by `redis`, with test defaults adjusted by `tweak`.
+pub async fn start_redis_node(
+    redis: &redis::TestRedis,
+    tweak: impl FnOnce(&mut Config),
+) -> TestNode {
+    let url = redis.url.clone();
+    start_node(move |c| {
+        c.redis_url = Some(url);
+        tweak(c);
+    })
+    .await
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
