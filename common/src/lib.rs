@@ -16,7 +16,7 @@ pub mod publisher;
 pub use close_code::CloseCode;
 pub use error_code::ErrorCode;
 pub use position::StreamPosition;
-pub use topic::{Topic, TopicError, TopicFilter};
+pub use topic::{Topic, TopicError, TopicFilter, TopicPattern};
 
 /// Version of the wire protocol announced in the `connected` frame.
 pub const PROTOCOL_VERSION: u32 = 1;

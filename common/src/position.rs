@@ -21,3 +21,24 @@ impl StreamPosition {
         }
     }
 }
+
+/// Orders two epochs by creation time. Epochs are base-36 timestamps (microseconds
+/// since the Unix epoch) in both brokers, so a longer one is newer and equal lengths
+/// compare as text. Lets a session drop a late message of an older epoch instead of
+/// mistaking it for a restart.
+pub fn epoch_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn later_epochs_compare_greater() {
+        assert_eq!(epoch_cmp("hodymxh320", "hodymxh321"), Ordering::Less);
+        assert_eq!(epoch_cmp("zzzzzzzzz", "100000000a"), Ordering::Less);
+        assert_eq!(epoch_cmp("abc", "abc"), Ordering::Equal);
+    }
+}

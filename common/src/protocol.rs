@@ -398,6 +398,12 @@ impl ServerFrame {
     }
 }
 
+/// Whether `text` is one complete, strictly valid JSON value. (serde's
+/// `IgnoredAny` skips numbers loosely and accepts `1.`, so this parses fully.)
+pub fn is_json(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok()
+}
+
 /// Deserializes a field that is present (even as `null`) into `Some`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)

@@ -169,6 +169,58 @@ fn validate_concrete(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// A permission pattern from a token's `topics` claim: segments separated by `.`,
+/// where `*` matches exactly one segment and a final `>` matches one or more.
+/// `prices.*`, `auctions.>`, `risk.*.alerts`, or a plain topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    segments: Vec<String>,
+}
+
+impl TopicPattern {
+    pub fn parse(text: &str) -> Result<Self, TopicError> {
+        if text.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if text.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong);
+        }
+        let segments: Vec<String> = text.split('.').map(str::to_owned).collect();
+        let last = segments.len() - 1;
+        for (i, seg) in segments.iter().enumerate() {
+            match seg.as_str() {
+                "" => return Err(TopicError::EmptySegment),
+                "*" => {}
+                ">" if i == last => {}
+                s if s.contains(['*', '>']) => return Err(TopicError::MisplacedWildcard),
+                s => {
+                    if let Some(c) = s
+                        .chars()
+                        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-')))
+                    {
+                        return Err(TopicError::BadChar(c));
+                    }
+                }
+            }
+        }
+        Ok(TopicPattern { segments })
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg == ">" && i == self.segments.len() - 1 {
+                return parts.next().is_some();
+            }
+            match parts.next() {
+                Some(p) if seg == "*" || seg == p => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +274,29 @@ mod tests {
         );
         assert_eq!(TopicFilter::parse(".*"), Err(TopicError::Empty));
         assert_eq!(one.exact(), Err(TopicError::WildcardNotAllowed));
+    }
+
+    #[test]
+    fn permission_patterns_match_segments() {
+        let p = |s: &str| TopicPattern::parse(s).unwrap();
+        assert!(p("prices.*").matches("prices.IN1"));
+        assert!(!p("prices.*").matches("prices.IN1.bid"));
+        assert!(p("auctions.>").matches("auctions.a.b"));
+        assert!(!p("auctions.>").matches("auctions"));
+        assert!(p("risk.*.alerts").matches("risk.u1.alerts"));
+        assert!(!p("risk.*.alerts").matches("risk.u1"));
+        assert!(p("a.b").matches("a.b"));
+        assert!(!p("a.b").matches("a.bc"));
+        assert!(p(">").matches("anything.at.all"));
+        assert_eq!(
+            TopicPattern::parse("a.>.b"),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(
+            TopicPattern::parse("a.b*"),
+            Err(TopicError::MisplacedWildcard)
+        );
+        assert_eq!(TopicPattern::parse("a..b"), Err(TopicError::EmptySegment));
     }
 
     fn segment() -> impl Strategy<Value = String> {

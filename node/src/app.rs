@@ -32,6 +32,8 @@ pub struct RunningNode {
 
 /// Binds, builds everything and starts serving; returns once the port is open.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    let auth = crate::auth::Authenticator::from_config(&config)
+        .map_err(|e| anyhow::anyhow!("JWT key: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let mut background = Vec::new();
@@ -66,7 +68,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {} ({})", config.bind, crate::config::BIND))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState::new(config, hub, broker, metrics.clone()));
+    let state = Arc::new(AppState::new(config, hub, broker, metrics.clone(), auth));
     background.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -108,6 +110,10 @@ impl RunningNode {
         for (i, s) in sessions.iter().enumerate() {
             // Spread the closes so clients do not all reconnect in the same instant.
             tokio::time::sleep_until(start + drain * i as u32 / n).await;
+            s.stop.cancel();
+        }
+        // Sessions that registered after the list above was taken.
+        for s in st.sessions.snapshot() {
             s.stop.cancel();
         }
         st.tracker.close();

@@ -24,6 +24,20 @@ pub const QUEUE_SIZE: &str = "SLUICE_QUEUE_SIZE";
 pub const MAX_MESSAGE_BYTES: &str = "SLUICE_MAX_MESSAGE_BYTES";
 pub const DRAIN_SECONDS: &str = "SLUICE_DRAIN_SECONDS";
 pub const MAX_SUBSCRIPTIONS: &str = "SLUICE_MAX_SUBSCRIPTIONS";
+pub const JWT_ISSUER: &str = "SLUICE_JWT_ISSUER";
+pub const JWT_AUDIENCE: &str = "SLUICE_JWT_AUDIENCE";
+pub const JWT_LEEWAY: &str = "SLUICE_JWT_LEEWAY";
+pub const ALLOWED_ORIGINS: &str = "SLUICE_ALLOWED_ORIGINS";
+pub const MAX_CONNECTIONS_PER_IP: &str = "SLUICE_MAX_CONNECTIONS_PER_IP";
+pub const MESSAGE_RATE: &str = "SLUICE_MESSAGE_RATE";
+pub const MESSAGE_BURST: &str = "SLUICE_MESSAGE_BURST";
+pub const RATE_LIMIT_STRIKES: &str = "SLUICE_RATE_LIMIT_STRIKES";
+pub const SUBSCRIBE_LIMITS: &str = "SLUICE_SUBSCRIBE_LIMITS";
+pub const CONFLATE_MS: &str = "SLUICE_CONFLATE_MS";
+
+/// The default subscribe-rate table: per topic class, burst / refill per minute.
+pub const DEFAULT_SUBSCRIBE_LIMITS: &str =
+    "market=1000/100,auctions=500/50,trading=200/20,risk=100/10,mobile=300/30";
 
 /// Every setting, in the order `--help` lists them, with its default as text.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -84,6 +98,48 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "seconds over which a draining node closes its sessions",
     ),
     (MAX_SUBSCRIPTIONS, "1000", "subscriptions per connection"),
+    (JWT_ISSUER, "(not checked)", "required 'iss' claim"),
+    (JWT_AUDIENCE, "(not checked)", "required 'aud' claim"),
+    (
+        JWT_LEEWAY,
+        "5",
+        "seconds of clock skew allowed on exp and nbf",
+    ),
+    (
+        ALLOWED_ORIGINS,
+        "(any)",
+        "comma-separated Origins allowed to upgrade and for CORS",
+    ),
+    (
+        MAX_CONNECTIONS_PER_IP,
+        "1000",
+        "connections per client IP (429 beyond)",
+    ),
+    (
+        MESSAGE_RATE,
+        "50",
+        "client frames per second per connection (token bucket refill)",
+    ),
+    (
+        MESSAGE_BURST,
+        "100",
+        "client frames a connection may send at once (bucket size)",
+    ),
+    (
+        RATE_LIMIT_STRIKES,
+        "20",
+        "refused frames within 10 s that close the connection with 4029",
+    ),
+    (
+        SUBSCRIBE_LIMITS,
+        DEFAULT_SUBSCRIBE_LIMITS,
+        "subscribe requests per connection per topic class: burst/per-minute",
+    ),
+    (
+        CONFLATE_MS,
+        "1000",
+        "background mode: at most one message per topic per this many ms",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +176,103 @@ pub struct Config {
     /// Sessions are closed spread over this long when the node drains.
     pub drain: Duration,
     pub max_subscriptions: usize,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway: Duration,
+    /// `None`: any Origin may upgrade.
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections_per_ip: usize,
+    pub message_rate: u32,
+    pub message_burst: u32,
+    pub rate_limit_strikes: u32,
+    pub subscribe_limits: SubscribeLimits,
+    pub conflate: Duration,
+}
+
+/// Subscribe-rate limits per topic class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeLimits {
+    /// `(class, burst, per_minute)`.
+    pub classes: Vec<(TopicClass, u32, u32)>,
+}
+
+/// Which rate-limit class a topic's first segment puts it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicClass {
+    /// `prices`, `market`, `market_data` and any family not named below.
+    Market,
+    Auctions,
+    /// `trading` and `portfolio`.
+    Trading,
+    Risk,
+    Mobile,
+}
+
+impl TopicClass {
+    pub fn of(topic: &str) -> Self {
+        match topic.split('.').next().unwrap_or_default() {
+            "auctions" => TopicClass::Auctions,
+            "trading" | "portfolio" => TopicClass::Trading,
+            "risk" => TopicClass::Risk,
+            "mobile" => TopicClass::Mobile,
+            _ => TopicClass::Market,
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "market" => TopicClass::Market,
+            "auctions" => TopicClass::Auctions,
+            "trading" => TopicClass::Trading,
+            "risk" => TopicClass::Risk,
+            "mobile" => TopicClass::Mobile,
+            _ => return None,
+        })
+    }
+}
+
+impl SubscribeLimits {
+    /// Parses `market=1000/100,auctions=500/50`; classes not named keep their defaults.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out = Self::parse_exact(DEFAULT_SUBSCRIBE_LIMITS)?;
+        for (class, burst, per_min) in Self::parse_exact(text)?.classes {
+            out.classes.retain(|(c, _, _)| *c != class);
+            out.classes.push((class, burst, per_min));
+        }
+        Ok(out)
+    }
+
+    fn parse_exact(text: &str) -> Result<Self, String> {
+        let mut classes = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, rest) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected class=burst/per-minute"))?;
+            let class = TopicClass::parse(name.trim()).ok_or_else(|| {
+                format!("{name:?}: classes are market, auctions, trading, risk, mobile")
+            })?;
+            let (b, m) = rest
+                .split_once('/')
+                .ok_or_else(|| format!("{item:?}: expected class=burst/per-minute"))?;
+            let num = |v: &str| v.trim().parse::<u32>().ok().filter(|n| *n >= 1);
+            match (num(b), num(m)) {
+                (Some(b), Some(m)) => classes.push((class, b, m)),
+                _ => {
+                    return Err(format!(
+                        "{item:?}: burst and per-minute must be whole numbers of at least 1"
+                    ))
+                }
+            }
+        }
+        Ok(SubscribeLimits { classes })
+    }
+
+    pub fn get(&self, class: TopicClass) -> (u32, u32) {
+        self.classes
+            .iter()
+            .find(|(c, _, _)| *c == class)
+            .map_or((1000, 100), |(_, b, m)| (*b, *m))
+    }
 }
 
 /// Every problem found in the configuration, one line each.
@@ -207,6 +360,27 @@ impl Config {
         let max_message_bytes = p.int(MAX_MESSAGE_BYTES, 65_536, 64, 64 << 20);
         let drain = Duration::from_secs(p.int(DRAIN_SECONDS, 10, 0, 3600) as u64);
         let max_subscriptions = p.int(MAX_SUBSCRIPTIONS, 1000, 1, 1_000_000);
+        let jwt_issuer = p.get(JWT_ISSUER);
+        let jwt_audience = p.get(JWT_AUDIENCE);
+        let jwt_leeway = Duration::from_secs(p.int(JWT_LEEWAY, 5, 0, 3600) as u64);
+        let allowed_origins = p.get(ALLOWED_ORIGINS).map(|v| {
+            v.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect()
+        });
+        let max_connections_per_ip = p.int(MAX_CONNECTIONS_PER_IP, 1000, 1, 10_000_000);
+        let message_rate = p.int(MESSAGE_RATE, 50, 1, 1_000_000) as u32;
+        let message_burst = p.int(MESSAGE_BURST, 100, 1, 1_000_000) as u32;
+        let rate_limit_strikes = p.int(RATE_LIMIT_STRIKES, 20, 1, 1_000_000) as u32;
+        let subscribe_limits = p.parse(
+            SUBSCRIBE_LIMITS,
+            SubscribeLimits::parse(DEFAULT_SUBSCRIBE_LIMITS).unwrap_or(SubscribeLimits {
+                classes: Vec::new(),
+            }),
+            SubscribeLimits::parse,
+        );
+        let conflate = Duration::from_millis(p.int(CONFLATE_MS, 1000, 10, 3_600_000) as u64);
         if !p.errors.is_empty() {
             return Err(ConfigError(p.errors));
         }
@@ -226,6 +400,16 @@ impl Config {
             max_message_bytes,
             drain,
             max_subscriptions,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway,
+            allowed_origins,
+            max_connections_per_ip,
+            message_rate,
+            message_burst,
+            rate_limit_strikes,
+            subscribe_limits,
+            conflate,
         })
     }
 
@@ -273,23 +457,16 @@ impl Parser<'_> {
 }
 
 fn check_redis_url(v: &str) -> Result<(), String> {
-    for url in v.split(',').map(str::trim) {
-        let ok = [
-            "redis://",
-            "rediss://",
-            "redis+cluster://",
-            "rediss+cluster://",
-            "redis-cluster://",
-        ]
-        .iter()
-        .any(|s| url.starts_with(s) && url.len() > s.len());
-        if !ok {
-            return Err(format!(
-                "{url:?} is not a redis://, rediss:// or redis+cluster:// URL"
-            ));
-        }
+    if v.contains(',') {
+        return Err("a list of servers is not supported yet: give one redis:// URL".into());
     }
-    Ok(())
+    if v.starts_with("rediss://") || v.contains("cluster://") {
+        return Err("TLS and Redis Cluster are not supported yet: give a redis:// URL".into());
+    }
+    match v.strip_prefix("redis://") {
+        Some(rest) if !rest.is_empty() => Ok(()),
+        _ => Err("expected redis://[user:password@]host:port[/db]".into()),
+    }
 }
 
 fn default_node_id() -> String {
@@ -308,7 +485,7 @@ fn parse_flags(
     let names: HashMap<String, &str> = ALL.iter().map(|(k, _, _)| (flag_name(k), *k)).collect();
     let mut out = HashMap::new();
     let mut errors = Vec::new();
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         let Some(flag) = arg.strip_prefix("--") else {
             errors.push(format!(
@@ -322,6 +499,10 @@ fn parse_flags(
         };
         let Some(key) = names.get(&name) else {
             errors.push(format!("unknown flag --{name} (see --help)"));
+            if inline.is_none() {
+                // Skip its value too, so one mistake is reported once.
+                it.next_if(|v| !v.starts_with("--"));
+            }
             continue;
         };
         match inline.or_else(|| it.next()) {
@@ -423,6 +604,24 @@ mod tests {
         let err = with(&[(AUTH, "required")]).unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].contains(AUTH));
+    }
+
+    #[test]
+    fn subscribe_limits_default_to_the_seed_table_and_can_be_overridden() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.subscribe_limits.get(TopicClass::Market), (1000, 100));
+        assert_eq!(c.subscribe_limits.get(TopicClass::Auctions), (500, 50));
+        assert_eq!(c.subscribe_limits.get(TopicClass::Trading), (200, 20));
+        assert_eq!(c.subscribe_limits.get(TopicClass::Risk), (100, 10));
+        assert_eq!(c.subscribe_limits.get(TopicClass::Mobile), (300, 30));
+        let c = with(&[(SUBSCRIBE_LIMITS, "risk=5/1")]).unwrap();
+        assert_eq!(c.subscribe_limits.get(TopicClass::Risk), (5, 1));
+        assert_eq!(c.subscribe_limits.get(TopicClass::Mobile), (300, 30));
+        assert!(with(&[(SUBSCRIBE_LIMITS, "risk=0/1")]).is_err());
+        assert!(with(&[(SUBSCRIBE_LIMITS, "cats=1/1")]).is_err());
+        assert_eq!(TopicClass::of("portfolio.u1"), TopicClass::Trading);
+        assert_eq!(TopicClass::of("risk.u1.alerts"), TopicClass::Risk);
+        assert_eq!(TopicClass::of("whatever.x"), TopicClass::Market);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! start nodes through [`app`].
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod http;

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, Mutex,
@@ -14,7 +14,9 @@ use sluice_common::{time_fmt, Topic};
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{broker::Broker, config::Config, hub::Hub, hub::SessionId, metrics::Metrics};
+use crate::{
+    auth::Authenticator, broker::Broker, config::Config, hub::Hub, hub::SessionId, metrics::Metrics,
+};
 
 #[derive(Debug)]
 pub struct AppState {
@@ -22,7 +24,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
     pub sessions: SessionRegistry,
+    /// Open connections per client IP, for `SLUICE_MAX_CONNECTIONS_PER_IP`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set when the node starts draining: `/ready` answers 503, upgrades are refused.
     pub draining: AtomicBool,
     /// Cancelled when the node stops: background tasks end.
@@ -40,13 +45,16 @@ impl AppState {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
+        auth: Authenticator,
     ) -> Self {
         AppState {
             config,
             hub,
             broker,
             metrics,
+            auth,
             sessions: SessionRegistry::default(),
+            per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -61,6 +69,27 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection from `ip`; false (nothing counted) when the IP is at its limit.
+    pub fn try_add_ip(&self, ip: IpAddr) -> bool {
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn remove_ip(&self, ip: IpAddr) {
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Publication {
     pub published_ms: i64,
     /// The complete envelope JSON, ready for the socket.
     pub frame: Utf8Bytes,
+    /// The gzip of `frame`, made by the first session that asks for compression
+    /// and shared by every other one.
+    pub gzip: std::sync::OnceLock<bytes::Bytes>,
 }
 
 pub type Pub = Arc<Publication>;
@@ -55,6 +58,7 @@ impl Publication {
             kind,
             published_ms,
             frame: frame.into(),
+            gzip: std::sync::OnceLock::new(),
         })
     }
 }

@@ -14,8 +14,23 @@ use axum::{
 };
 
 pub use error::ApiError;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::state::AppState;
+
+/// CORS for the HTTP API, with the same allow-list as WebSocket upgrades.
+fn cors(state: &AppState) -> CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    let origins = match &state.config.allowed_origins {
+        None => AllowOrigin::any(),
+        Some(list) if list.iter().any(|o| o == "*") => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+}
 
 /// Every route of SPEC §5 and §3; the WebSocket aliases also live under `/api/v1`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -41,5 +56,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/topics", get(admin::topics))
         .route("/ws/topics", get(admin::topics))
         .route("/cluster", get(admin::cluster))
+        .layer(cors(&state))
         .with_state(state)
 }

@@ -1,16 +1,19 @@
 //! WebSocket upgrades: `/ws` and the alias routes that subscribe on connect.
 //!
-//! Everything that can refuse a connection (draining, connection cap, bad alias
-//! topic) does so here with an HTTP status, before anything is upgraded. Accepted
-//! sockets run as tracked tasks so shutdown can wait for them.
+//! Everything that can refuse a connection does so here with an HTTP status and a
+//! JSON body, before anything is upgraded, in this order: draining or full (503),
+//! Origin not allowed (403), too many connections from the IP (429), token missing
+//! or bad (401), an alias topic the token may not read (403). Accepted sockets run
+//! as tracked tasks so shutdown can wait for them.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ws::WebSocketUpgrade, ConnectInfo, Path, State},
-    http::StatusCode,
+    extract::{ws::WebSocketUpgrade, ConnectInfo, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
+use serde::Deserialize;
 use sluice_common::{protocol::SubscribeEntry, ErrorCode, TopicFilter};
 
 use super::ApiError;
@@ -25,121 +28,207 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Frames are flushed explicitly after each burst; no need for a large write buffer.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-type Upgrade = (
-    State<Arc<AppState>>,
-    ConnectInfo<SocketAddr>,
-    WebSocketUpgrade,
-);
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
 
-pub async fn plain(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+/// What every upgrade handler extracts.
+pub struct Upgrade {
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    headers: HeaderMap,
+    token: Option<String>,
     ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(st, addr, ws, &[], false)
 }
 
-pub async fn market(
-    Path(isin): Path<String>,
-    (State(st), ConnectInfo(a), ws): Upgrade,
-) -> Response {
-    upgrade(st, a, ws, &[format!("prices.{isin}")], false)
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade
+where
+    Arc<AppState>: axum::extract::FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let State(state) = State::<Arc<AppState>>::from_request_parts(parts, s)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, s)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(q) = Query::<TokenQuery>::from_request_parts(parts, s)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(ErrorCode::InvalidMessage, e.body_text()).into_response()
+            })?;
+        let ws = WebSocketUpgrade::from_request_parts(parts, s)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::to_owned);
+        Ok(Upgrade {
+            state,
+            addr,
+            headers: parts.headers.clone(),
+            token: q.token.or(bearer),
+            ws,
+        })
+    }
 }
 
-pub async fn auction(Path(id): Path<String>, (State(st), ConnectInfo(a), ws): Upgrade) -> Response {
-    upgrade(st, a, ws, &[format!("auctions.{id}")], false)
+pub async fn plain(u: Upgrade) -> Response {
+    upgrade(u, &[], false)
 }
 
-pub async fn trading(
-    Path(user): Path<String>,
-    (State(st), ConnectInfo(a), ws): Upgrade,
-) -> Response {
+pub async fn market(Path(isin): Path<String>, u: Upgrade) -> Response {
+    upgrade(u, &[format!("prices.{isin}")], false)
+}
+
+pub async fn auction(Path(id): Path<String>, u: Upgrade) -> Response {
+    upgrade(u, &[format!("auctions.{id}")], false)
+}
+
+pub async fn trading(Path(user): Path<String>, u: Upgrade) -> Response {
     upgrade(
-        st,
-        a,
-        ws,
+        u,
         &[format!("trading.{user}"), format!("portfolio.{user}")],
         false,
     )
 }
 
-pub async fn risk(Path(user): Path<String>, (State(st), ConnectInfo(a), ws): Upgrade) -> Response {
+pub async fn risk(Path(user): Path<String>, u: Upgrade) -> Response {
     upgrade(
-        st,
-        a,
-        ws,
+        u,
         &[format!("risk.{user}"), format!("risk.{user}.alerts")],
         false,
     )
 }
 
-pub async fn mobile(
-    Path(user): Path<String>,
-    (State(st), ConnectInfo(a), ws): Upgrade,
-) -> Response {
-    upgrade(st, a, ws, &[format!("mobile.{user}")], false)
+/// Mobile clients start in background (conflated) mode.
+pub async fn mobile(Path(user): Path<String>, u: Upgrade) -> Response {
+    upgrade(u, &[format!("mobile.{user}")], true)
 }
 
-pub async fn market_data(
-    Path(symbol): Path<String>,
-    (State(st), ConnectInfo(a), ws): Upgrade,
-) -> Response {
-    upgrade(st, a, ws, &[format!("market_data.{symbol}")], false)
+pub async fn market_data(Path(symbol): Path<String>, u: Upgrade) -> Response {
+    upgrade(u, &[format!("market_data.{symbol}")], false)
 }
 
-fn upgrade(
-    st: Arc<AppState>,
-    addr: SocketAddr,
-    ws: WebSocketUpgrade,
-    topics: &[String],
-    background: bool,
-) -> Response {
+fn origin_allowed(st: &AppState, headers: &HeaderMap) -> bool {
+    let Some(allowed) = &st.config.allowed_origins else {
+        return true;
+    };
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        // Non-browser clients send no Origin; the allow-list guards browsers.
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+    }
+}
+
+fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
+    let Upgrade {
+        state: st,
+        addr,
+        headers,
+        token,
+        ws,
+    } = u;
     if st.is_draining() {
         return ApiError::unavailable("node is draining; connect to another node").into_response();
     }
     if st.sessions.len() >= st.config.max_connections {
         return ApiError::unavailable("node is at its connection limit").into_response();
     }
+    if !origin_allowed(&st, &headers) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "Origin not allowed",
+        )
+        .into_response();
+    }
+    let identity = match st.auth.authenticate(token.as_deref()) {
+        Ok(id) => id,
+        Err(e) => {
+            st.metrics.auth_failures.increment(1);
+            return ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+                .into_response();
+        }
+    };
     let mut initial = Vec::with_capacity(topics.len());
     for t in topics {
-        match TopicFilter::parse(t) {
-            Ok(filter @ TopicFilter::Exact(_)) => initial.push(SubscribeEntry {
-                filter,
-                resume_from_seq: None,
-                epoch: None,
-            }),
-            _ => {
+        let topic = match TopicFilter::parse(t).and_then(TopicFilter::exact) {
+            Ok(topic) => topic,
+            Err(_) => {
                 let msg = format!("the path gives an invalid topic {t:?}");
                 return ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, msg)
                     .into_response();
             }
+        };
+        if identity.as_ref().is_some_and(|id| !id.may_read(&topic)) {
+            let msg = format!("this token may not read {topic}");
+            return ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, msg).into_response();
         }
+        initial.push(SubscribeEntry {
+            filter: TopicFilter::Exact(topic),
+            resume_from_seq: None,
+            epoch: None,
+        });
+    }
+    let ip = addr.ip();
+    if !st.try_add_ip(ip) {
+        st.metrics.rate_limited.increment(1);
+        let msg = "too many connections from this address";
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimitExceeded,
+            msg,
+        )
+        .into_response();
     }
     let limit = st.config.max_message_bytes;
-    ws.read_buffer_size(READ_BUFFER)
+    let guard_state = st.clone();
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let id = st.next_session_id();
-            let info = Arc::new(SessionInfo::new(addr, None));
-            st.sessions.insert(id, info.clone());
-            st.metrics.session_opened();
-            let session = Session::new(
-                st.clone(),
-                socket,
-                SessionParams {
-                    id,
-                    info,
-                    initial,
-                    background,
-                },
-            );
-            let tracker = st.tracker.clone();
-            tracker.track_future(async move {
-                session.run().await;
-                st.sessions.remove(id);
-                st.metrics.session_closed();
-            })
+        .on_failed_upgrade(move |_| guard_state.remove_ip(ip));
+    ws.on_upgrade(move |socket| {
+        let id = st.next_session_id();
+        let info = Arc::new(SessionInfo::new(
+            addr,
+            identity.as_ref().map(|i| i.sub.clone()),
+        ));
+        st.sessions.insert(id, info.clone());
+        st.metrics.session_opened();
+        let session = Session::new(
+            st.clone(),
+            socket,
+            SessionParams {
+                id,
+                info,
+                initial,
+                background,
+                identity,
+            },
+        );
+        let tracker = st.tracker.clone();
+        tracker.track_future(async move {
+            session.run().await;
+            st.sessions.remove(id);
+            st.remove_ip(ip);
+            st.metrics.session_closed();
         })
+    })
 }

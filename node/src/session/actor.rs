@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
 use sluice_common::{
@@ -18,8 +18,14 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{delivery::SubState, SessionEnd};
+use super::{
+    delivery::SubState,
+    limits::{Limits, Verdict},
+    outbound::{Batcher, FrameOptions},
+    SessionEnd,
+};
 use crate::{
+    auth::Identity,
     broker::Pub,
     hub::{SessionHandle, SessionId},
     state::{AppState, SessionInfo},
@@ -39,6 +45,8 @@ pub struct SessionParams {
     pub initial: Vec<SubscribeEntry>,
     /// Starts in background (conflated) mode.
     pub background: bool,
+    /// The verified token's identity; `None` when auth is off.
+    pub identity: Option<Identity>,
 }
 
 pub struct Session<S> {
@@ -51,6 +59,9 @@ pub struct Session<S> {
     pub(super) subs: HashMap<Topic, SubState>,
     /// Background mode: deliver at most the newest message per topic per interval.
     pub(super) background: bool,
+    pub(super) identity: Option<Identity>,
+    pub(super) limits: Limits,
+    batcher: Batcher,
     initial: Vec<SubscribeEntry>,
 }
 
@@ -69,6 +80,7 @@ where
 {
     pub fn new(state: Arc<AppState>, socket: S, params: SessionParams) -> Self {
         let (tx, rx) = mpsc::channel(state.config.queue_size);
+        let limits = Limits::new(&state.config);
         Session {
             id: params.id,
             info: params.info,
@@ -81,6 +93,9 @@ where
             },
             subs: HashMap::new(),
             background: params.background,
+            identity: params.identity,
+            limits,
+            batcher: Batcher::default(),
             initial: params.initial,
         }
     }
@@ -94,6 +109,17 @@ where
         if let Some((code, reason)) = end.close() {
             if matches!(end, SessionEnd::SlowConsumer(_)) {
                 self.state.metrics.slow_consumer_disconnects.increment(1);
+            }
+            if end == SessionEnd::TooLarge {
+                let limit = self.state.config.max_message_bytes;
+                let f =
+                    ServerFrame::error(ErrorCode::MessageTooLarge, "frame exceeds the size limit")
+                        .with_details(json!({ "limit_bytes": limit }));
+                let _ = tokio::time::timeout(
+                    CLOSE_LINGER,
+                    self.socket.send(Message::Text(f.to_json().into())),
+                )
+                .await;
             }
             let frame = Message::Close(Some(CloseFrame {
                 code: code.code(),
@@ -109,6 +135,10 @@ where
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
+        if self.state.is_draining() {
+            // Upgraded after the drain took its list of sessions.
+            return Err(SessionEnd::Draining);
+        }
         let cfg = &self.state.config;
         let (hb, timeout) = (cfg.heartbeat_interval, cfg.connection_timeout);
         let connected = ServerFrame::new(FrameType::Connected).with_payload(json!({
@@ -119,14 +149,16 @@ where
         }));
         self.send_frame(&connected).await?;
         for entry in std::mem::take(&mut self.initial) {
-            self.subscribe(entry, None).await?;
+            self.subscribe(entry, FrameOptions::default(), None).await?;
         }
         self.flush().await?;
 
         let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
         let idle = tokio::time::sleep(timeout);
         tokio::pin!(idle);
-        let mut conflate = tokio::time::interval(super::delivery::CONFLATE_INTERVAL);
+        let expiry = tokio::time::sleep(self.token_remaining());
+        tokio::pin!(expiry);
+        let mut conflate = tokio::time::interval(self.state.config.conflate);
         let stop = self.info.stop.clone();
         let slow = self.handle.slow.clone();
         loop {
@@ -165,8 +197,24 @@ where
                     self.flush().await?;
                 }
                 _ = &mut idle => return Err(SessionEnd::IdleTimeout),
+                _ = &mut expiry, if self.identity.is_some() => {
+                    // A refresh may have extended the token since the timer was set.
+                    let left = self.token_remaining();
+                    if left.is_zero() {
+                        let f = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it or reconnect");
+                        self.send_frame(&f).await?;
+                        return Err(SessionEnd::Policy("token expired".into()));
+                    }
+                    expiry.as_mut().reset(Instant::now() + left);
+                }
             }
         }
+    }
+
+    /// Time until the session's token expires; effectively never without one.
+    fn token_remaining(&self) -> Duration {
+        const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+        self.identity.as_ref().map_or(FOREVER, Identity::remaining)
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), SessionEnd> {
@@ -175,6 +223,26 @@ where
             Message::Text(text) => {
                 if text.len() > self.state.config.max_message_bytes {
                     return Err(SessionEnd::TooLarge);
+                }
+                match self.limits.message() {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => {
+                        self.state.metrics.rate_limited.increment(1);
+                        let cfg = &self.state.config;
+                        let details = json!({ "limit": format!("{} per second, burst {}", cfg.message_rate, cfg.message_burst) });
+                        return self
+                            .send_error(
+                                ErrorCode::RateLimitExceeded,
+                                "Rate limit exceeded",
+                                details,
+                                None,
+                            )
+                            .await;
+                    }
+                    Verdict::Abuse => {
+                        self.state.metrics.rate_limited.increment(1);
+                        return Err(SessionEnd::RateLimited);
+                    }
                 }
                 match ClientFrame::parse(text.as_str()) {
                     Ok(frame) => self.on_frame(frame).await,
@@ -197,8 +265,13 @@ where
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), SessionEnd> {
         match frame {
             ClientFrame::Subscribe(sub) => {
+                let opts = FrameOptions {
+                    batch: sub.batch_size.map_or(1, |b| b as usize),
+                    compress: sub.compression,
+                };
                 for entry in sub.entries {
-                    self.subscribe(entry, sub.correlation_id.clone()).await?;
+                    self.subscribe(entry, opts, sub.correlation_id.clone())
+                        .await?;
                 }
                 Ok(())
             }
@@ -243,15 +316,44 @@ where
                     .with_payload(json!({ "background_mode": enabled }));
                 self.send_frame(&ack).await
             }
-            ClientFrame::Refresh { correlation_id, .. } => {
-                // Tokens are verified at the door only when auth is on; with auth off a
-                // refresh has nothing to replace.
-                let ack = ServerFrame::new(FrameType::Ack)
-                    .with_correlation_id(correlation_id)
-                    .with_payload(json!({ "refreshed": true }));
-                self.send_frame(&ack).await
+            ClientFrame::Refresh {
+                token,
+                correlation_id,
+            } => self.refresh(&token, correlation_id).await,
+        }
+    }
+
+    /// Replaces the session's token with a fresh one for the same `sub`. A bad token
+    /// ends the session (1008); with auth off there is nothing to replace.
+    async fn refresh(
+        &mut self,
+        token: &str,
+        correlation_id: Option<Value>,
+    ) -> Result<(), SessionEnd> {
+        if let Some(current) = &self.identity {
+            let verdict = match self.state.auth.verify(token) {
+                Ok(new) if new.sub == current.sub => Ok(new),
+                Ok(_) => Err((
+                    ErrorCode::Forbidden,
+                    "refresh token is for another user".to_owned(),
+                )),
+                Err(e) => Err((e.code(), e.to_string())),
+            };
+            match verdict {
+                Ok(new) => self.identity = Some(new),
+                Err((code, msg)) => {
+                    self.state.metrics.auth_failures.increment(1);
+                    let f = ServerFrame::error(code, &msg).with_correlation_id(correlation_id);
+                    self.send_frame(&f).await?;
+                    return Err(SessionEnd::Policy(format!("refresh refused: {msg}")));
+                }
             }
         }
+        let expires = self.identity.as_ref().map(|i| i.expires_at);
+        let ack = ServerFrame::new(FrameType::Ack)
+            .with_correlation_id(correlation_id)
+            .with_payload(json!({ "refreshed": true, "expires_at": expires }));
+        self.send_frame(&ack).await
     }
 
     /// Sends an `error` frame; the session stays open.
@@ -269,22 +371,32 @@ where
     }
 
     pub(super) async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), SessionEnd> {
+        self.emit_batch().await?;
         self.write(Message::Text(frame.to_json().into())).await
     }
 
     /// Queues one publication frame for the socket and records its latency.
-    pub(super) async fn write_pub(&mut self, p: &Pub) -> Result<(), SessionEnd> {
-        self.write_text(p.frame.clone()).await?;
-        let lag_ms = sluice_common::time_fmt::now_ms() - p.published_ms;
-        self.state
-            .metrics
-            .delivery_latency
-            .record(lag_ms.max(0) as f64 / 1000.0);
+    /// Queues one publication for the socket (batched and compressed as its
+    /// subscription asked).
+    pub(super) async fn write_pub(
+        &mut self,
+        p: &Pub,
+        opts: FrameOptions,
+    ) -> Result<(), SessionEnd> {
+        let mut ready = Vec::new();
+        self.batcher.push(p, opts, &mut ready);
+        for m in ready {
+            self.write(m).await?;
+        }
         Ok(())
     }
 
-    async fn write_text(&mut self, text: Utf8Bytes) -> Result<(), SessionEnd> {
-        self.write(Message::Text(text)).await
+    /// Writes the pending batch, if any.
+    async fn emit_batch(&mut self) -> Result<(), SessionEnd> {
+        match self.batcher.take() {
+            Some(m) => self.write(m).await,
+            None => Ok(()),
+        }
     }
 
     /// Writes without flushing; gives up if the session is told to stop meanwhile.
@@ -301,6 +413,7 @@ where
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), SessionEnd> {
+        self.emit_batch().await?;
         let stop = self.info.stop.clone();
         let slow = self.handle.slow.clone();
         tokio::select! {

@@ -8,21 +8,23 @@
 //! outbox itself buffers live publications while a subscribe replays, so the hand-over
 //! from replay to live needs no extra buffer and no lock.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use serde_json::json;
 use sluice_common::{
+    position::epoch_cmp,
     protocol::{FrameType, ServerFrame, SubscribeEntry},
     ErrorCode, Topic,
 };
 
-use super::{actor::Session, SessionEnd};
-use crate::broker::{BrokerError, Pub};
+use super::{actor::Session, outbound::FrameOptions, SessionEnd};
+use crate::{
+    broker::{BrokerError, Pub},
+    config::TopicClass,
+};
 
 /// Publications fetched from history per request.
 const PAGE: usize = 500;
-/// Background mode sends each topic's newest message at most this often.
-pub(super) const CONFLATE_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// The delivery position of one subscription.
 #[derive(Debug, Default)]
@@ -33,6 +35,8 @@ pub(crate) struct SubState {
     last_seq: u64,
     /// Background mode: the newest message not yet delivered.
     pending: Option<Pub>,
+    /// Batching and compression, as the subscribe asked.
+    opts: FrameOptions,
 }
 
 fn broker_failure(e: BrokerError) -> SessionEnd {
@@ -52,6 +56,7 @@ where
     pub(super) async fn subscribe(
         &mut self,
         entry: SubscribeEntry,
+        opts: FrameOptions,
         correlation_id: Option<serde_json::Value>,
     ) -> Result<(), SessionEnd> {
         let name = entry.filter.to_string();
@@ -69,6 +74,35 @@ where
                     .await;
             }
         };
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|id| !id.may_read(&topic))
+        {
+            let msg = "this token may not read this topic";
+            return self
+                .send_error(
+                    ErrorCode::Forbidden,
+                    msg,
+                    json!({ "topic": name }),
+                    correlation_id,
+                )
+                .await;
+        }
+        let class = TopicClass::of(topic.as_str());
+        if !self.limits.subscribe(class, &self.state.config) {
+            self.state.metrics.rate_limited.increment(1);
+            let (burst, per_minute) = self.state.config.subscribe_limits.get(class);
+            let details = json!({ "topic": name, "limit": format!("{per_minute} per minute"), "burst": burst });
+            return self
+                .send_error(
+                    ErrorCode::RateLimitExceeded,
+                    "Rate limit exceeded",
+                    details,
+                    correlation_id,
+                )
+                .await;
+        }
         let limit = self.state.config.max_subscriptions;
         if !self.subs.contains_key(&topic) && self.subs.len() >= limit {
             let msg = "too many subscriptions on this connection";
@@ -86,7 +120,13 @@ where
         // Join the hub first: every publication from now on queues in the outbox, so
         // whatever the replay below does not cover arrives live.
         self.state.hub.join(&topic, self.id, self.handle.clone());
-        self.subs.insert(topic.clone(), SubState::default());
+        self.subs.insert(
+            topic.clone(),
+            SubState {
+                opts,
+                ..SubState::default()
+            },
+        );
         self.publish_subscriptions();
         let state = match self.state.broker.follow(&topic).await {
             Ok(()) => self.state.broker.state(&topic).await,
@@ -207,6 +247,13 @@ where
             return Ok(()); // unsubscribed meanwhile
         };
         if sub.epoch.as_ref() != Some(&p.epoch) {
+            let newer = sub
+                .epoch
+                .as_deref()
+                .is_none_or(|cur| epoch_cmp(&p.epoch, cur) == std::cmp::Ordering::Greater);
+            if !newer {
+                return Ok(()); // a late message of an older history
+            }
             // The topic restarted under a new epoch (its history was lost): follow
             // the new history from its first message.
             sub.epoch = Some(p.epoch.clone());
@@ -228,7 +275,15 @@ where
                 "missed messages are no longer in history",
             ));
         }
-        self.deliver(&p).await
+        self.deliver(&p).await?;
+        // Publish-to-write latency is a live-path figure; replays would report the
+        // age of history instead.
+        let lag_ms = sluice_common::time_fmt::now_ms() - p.published_ms;
+        self.state
+            .metrics
+            .delivery_latency
+            .record(lag_ms.max(0) as f64 / 1000.0);
+        Ok(())
     }
 
     /// Delivers, from history, every message after the last delivered one and before
@@ -262,7 +317,8 @@ where
 
     /// Writes `p` and advances the subscription's position.
     async fn deliver(&mut self, p: &Pub) -> Result<(), SessionEnd> {
-        self.write_pub(p).await?;
+        let opts = self.subs.get(&p.topic).map(|s| s.opts).unwrap_or_default();
+        self.write_pub(p, opts).await?;
         if let Some(sub) = self.subs.get_mut(&p.topic) {
             sub.last_seq = sub.last_seq.max(p.seq);
             if sub.pending.as_ref().is_some_and(|q| q.seq <= p.seq) {

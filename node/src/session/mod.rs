@@ -6,6 +6,8 @@
 
 mod actor;
 mod delivery;
+mod limits;
+mod outbound;
 
 use sluice_common::CloseCode;
 
@@ -27,6 +29,8 @@ pub enum SessionEnd {
     TooLarge,
     /// Authentication failed or expired.
     Policy(String),
+    /// The client kept breaching rate limits.
+    RateLimited,
     /// The broker failed in a way the session can't recover from.
     Internal(String),
 }
@@ -53,6 +57,10 @@ impl SessionEnd {
                 "frame exceeds SLUICE_MAX_MESSAGE_BYTES".into(),
             )),
             SessionEnd::Policy(why) => Some((CloseCode::Policy, why.clone())),
+            SessionEnd::RateLimited => Some((
+                CloseCode::RateLimited,
+                "rate limits breached repeatedly".into(),
+            )),
             SessionEnd::Internal(why) => Some((CloseCode::Internal, why.clone())),
         }
     }
@@ -72,5 +80,6 @@ mod tests {
         assert_eq!(code(SessionEnd::TooLarge), Some(1009));
         assert_eq!(code(SessionEnd::Policy("p".into())), Some(1008));
         assert_eq!(code(SessionEnd::Internal("i".into())), Some(1011));
+        assert_eq!(code(SessionEnd::RateLimited), Some(4029));
     }
 }

@@ -46,6 +46,21 @@ pub(crate) fn decode_entry(
         .get("ts")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(sluice_common::time_fmt::now_ms);
+    // The function's JSON check (Lua cjson) lets a few malformed forms through, and
+    // anyone can XADD; a frame a client cannot parse must never leave the node, and
+    // dropping the entry would leave a seq gap. So a bad payload goes out as a string.
+    if !sluice_common::protocol::is_json(payload) {
+        tracing::warn!(%topic, seq, "payload in Redis is not valid JSON; delivering it as a string");
+        let quoted = serde_json::Value::String(payload.clone()).to_string();
+        return Some(Publication::new(
+            topic.clone(),
+            seq,
+            epoch,
+            kind,
+            ts,
+            &quoted,
+        ));
+    }
     Some(Publication::new(
         topic.clone(),
         seq,
@@ -91,6 +106,20 @@ mod tests {
         )
         .unwrap();
         assert!(Arc::ptr_eq(&p.epoch, &q.epoch), "epochs are shared");
+    }
+
+    #[test]
+    fn an_invalid_payload_is_delivered_as_a_json_string() {
+        let t = Topic::parse("a").unwrap();
+        let p = decode_entry(
+            &t,
+            "1-1",
+            &fields(&[("e", "x"), ("p", "1.")]),
+            &mut EpochCache::default(),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+        assert_eq!(v["payload"], "1.");
     }
 
     #[test]

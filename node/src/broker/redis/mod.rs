@@ -51,6 +51,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often connectivity is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// Every this many probes, check the library is still loaded (a Redis that
+/// restarted empty faster than a probe has lost it without the node noticing).
+const LIBRARY_CHECK_EVERY: u32 = 4;
 
 /// The function library as loaded for this node's history settings.
 pub fn library_source(history_size: usize, history_ttl: Duration) -> String {
@@ -189,16 +192,36 @@ impl RedisBroker {
             })
     }
 
+    /// Whether the `sluice` library is loaded (true when the check itself fails,
+    /// so a probe error never triggers a reload storm).
+    async fn library_loaded(&self) -> bool {
+        let listed: Result<fred::types::Value, _> = self
+            .pool
+            .next()
+            .custom(
+                fred::cmd!("FUNCTION"),
+                vec!["LIST", "LIBRARYNAME", "sluice"],
+            )
+            .await;
+        match listed {
+            Ok(fred::types::Value::Array(libs)) => !libs.is_empty(),
+            Ok(_) => true,
+            Err(_) => true,
+        }
+    }
+
     /// Probes Redis; on coming back, reloads the library (a Redis restarted without
     /// persistence has lost it).
     async fn watch_health(self: Arc<Self>, metrics: Arc<Metrics>) {
         let mut tick = tokio::time::interval(HEALTH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probes = 0u32;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            probes = probes.wrapping_add(1);
             let ping = tokio::time::timeout(
                 Duration::from_secs(1),
                 self.pool.next().ping::<String>(None),
@@ -217,6 +240,11 @@ impl RedisBroker {
                 }
             } else if !up && was {
                 warn!("Redis unreachable; node not ready until it is back");
+            } else if up && probes % LIBRARY_CHECK_EVERY == 0 && !self.library_loaded().await {
+                match self.load_library().await {
+                    Ok(()) => info!("function library was missing from Redis; reloaded"),
+                    Err(e) => warn!(error = %e, "function library is missing and did not load"),
+                }
             }
             self.connected.store(up, Ordering::Release);
             metrics.redis_connected.set(if up { 1.0 } else { 0.0 });
@@ -258,7 +286,7 @@ impl Broker for RedisBroker {
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
-        let (seq, epoch, snap_seq, snap): (u64, String, u64, Option<String>) = self
+        let (seq, epoch, snap_seq, snap, snap_ts): (u64, String, u64, Option<String>, i64) = self
             .pool
             .next()
             .fcall_ro("sluice_state", topic.as_str(), Vec::<String>::new())
@@ -268,16 +296,13 @@ impl Broker for RedisBroker {
             return Ok(TopicState::default());
         }
         let e: Arc<str> = Arc::from(epoch.as_str());
-        let snapshot = snap.map(|s| {
-            Publication::new(
-                topic.clone(),
-                snap_seq,
-                e,
-                FrameType::Snapshot,
-                time_fmt::now_ms(),
-                &s,
-            )
-        });
+        let ts = if snap_ts > 0 {
+            snap_ts
+        } else {
+            time_fmt::now_ms()
+        };
+        let snapshot =
+            snap.map(|s| Publication::new(topic.clone(), snap_seq, e, FrameType::Snapshot, ts, &s));
         Ok(TopicState {
             position: Some(StreamPosition { seq, epoch }),
             snapshot,

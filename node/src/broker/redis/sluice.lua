@@ -14,6 +14,7 @@
 --                             ems       ms part of every stream id of this epoch
 --                             snap      latest snapshot (JSON text), optional
 --                             snap_seq  seq the snapshot reflects, optional
+--                             snap_ts   when the snapshot was stored, unix ms, optional
 --   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
 --                             e   epoch    t  type ("delta" or "alert")
 --                             p   payload  ts publish time, unix ms
@@ -242,7 +243,7 @@ local function publish(keys, args)
         ems = string.format('%d', math.floor(micros / 1000))
         redis.call('DEL', stream)
         redis.call('HSET', meta, 'epoch', epoch, 'ems', ems, 'seq', 0)
-        redis.call('HDEL', meta, 'snap', 'snap_seq')
+        redis.call('HDEL', meta, 'snap', 'snap_seq', 'snap_ts')
     end
 
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
@@ -250,7 +251,7 @@ local function publish(keys, args)
     redis.call('XADD', stream, 'MAXLEN', TRIM_OP, string.format('%d', HISTORY_SIZE), ems .. '-' .. seq_str,
         'e', epoch, 't', msg_type, 'p', payload, 'ts', string.format('%d', now_ms))
     if snapshot then
-        redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str)
+        redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str, 'snap_ts', string.format('%d', now_ms))
     end
     local ttl = string.format('%d', HISTORY_TTL)
     redis.call('EXPIRE', meta, ttl)
@@ -258,13 +259,14 @@ local function publish(keys, args)
     return { seq, epoch }
 end
 
--- FCALL_RO sluice_state 1 <topic> -> {seq, epoch, snap_seq, snap}
+-- FCALL_RO sluice_state 1 <topic> -> {seq, epoch, snap_seq, snap, snap_ts}
 -- One atomic read of a topic's position and snapshot:
 --   seq       integer, last seq published (0 if the topic is unknown)
 --   epoch     string ("" if the topic is unknown)
 --   snap_seq  integer, seq the snapshot reflects (0 if there is no snapshot)
 --   snap      the snapshot JSON text, or nil (RESP null) if there is none
--- An unknown (or expired, or invalid) topic gives {0, "", 0, nil}: the
+--   snap_ts   integer, unix ms the snapshot was stored (0 if none)
+-- An unknown (or expired, or invalid) topic gives {0, "", 0, nil, 0}: the
 -- topic name is checked only for the key count, not validated.
 local function state(keys, args)
     if #keys ~= 1 then
@@ -273,16 +275,17 @@ local function state(keys, args)
     if #args ~= 0 then
         return fail('sluice_state takes no arguments')
     end
-    local cur = redis.call('HMGET', meta_key(keys[1]), 'seq', 'epoch', 'snap_seq', 'snap')
+    local cur = redis.call('HMGET', meta_key(keys[1]), 'seq', 'epoch', 'snap_seq', 'snap', 'snap_ts')
     if not cur[2] then
-        return { 0, '', 0, false }
+        return { 0, '', 0, false, 0 }
     end
-    local snap_seq = 0
+    local snap_seq, snap_ts = 0, 0
     if cur[4] then
         snap_seq = tonumber(cur[3]) or 0
+        snap_ts = tonumber(cur[5]) or 0
     end
     local seq, epoch, snap = tonumber(cur[1]) or 0, cur[2], cur[4]
-    return { seq, epoch, snap_seq, snap }
+    return { seq, epoch, snap_seq, snap, snap_ts }
 end
 
 -- FCALL_RO sluice_history 1 <topic> <from-seq> <count>
