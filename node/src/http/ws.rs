@@ -22,9 +22,10 @@ use crate::{
     state::{AppState, SessionInfo},
 };
 
-/// tungstenite preallocates its read buffer per socket (128 KiB by default); a few
-/// KiB keeps an idle connection small, and the buffer still grows for big frames.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite preallocates its read buffer per socket (128 KiB by default); one
+/// KiB keeps an idle connection small (client frames are small), and the buffer
+/// still grows for a big frame.
+const READ_BUFFER: usize = 1024;
 /// Frames are flushed explicitly after each burst; no need for a large write buffer.
 const WRITE_BUFFER: usize = 8 * 1024;
 

@@ -147,9 +147,9 @@ where
             "heartbeat_interval_ms": hb.as_millis() as u64,
             "protocol": PROTOCOL_VERSION,
         }));
-        self.send_frame(&connected).await?;
+        Box::pin(self.send_frame(&connected)).await?;
         for entry in std::mem::take(&mut self.initial) {
-            self.subscribe(entry, FrameOptions::default(), None).await?;
+            Box::pin(self.subscribe(entry, FrameOptions::default(), None)).await?;
         }
         self.flush().await?;
 
@@ -166,34 +166,22 @@ where
                 biased;
                 _ = stop.cancelled() => return Err(SessionEnd::Draining),
                 _ = slow.cancelled() => return Err(SessionEnd::SlowConsumer("outbox full")),
-                Some(p) = self.outbox.recv() => {
-                    self.on_publication(p).await?;
-                    // Write what else is already queued, then flush once.
-                    for _ in 1..WRITE_BURST {
-                        match self.outbox.try_recv() {
-                            Ok(p) => self.on_publication(p).await?,
-                            Err(_) => break,
-                        }
-                    }
-                    self.flush().await?;
-                }
+                // The heavy handlers run boxed: their state lives on the heap only
+                // while they run, so an idle session's future stays small.
+                Some(p) = self.outbox.recv() => Box::pin(self.on_burst(p)).await?,
                 frame = self.socket.next() => {
                     idle.as_mut().reset(Instant::now() + timeout);
                     self.info.touch();
                     match frame {
                         None => return Ok(()),
                         Some(Err(e)) => return Err(read_error(&e)),
-                        Some(Ok(msg)) => self.on_message(msg).await?,
+                        Some(Ok(msg)) => Box::pin(self.on_message(msg)).await?,
                     }
                     self.flush().await?;
                 }
-                _ = heartbeat.tick() => {
-                    self.send_frame(&ServerFrame::new(FrameType::Heartbeat)).await?;
-                    self.write(Message::Ping(Default::default())).await?;
-                    self.flush().await?;
-                }
+                _ = heartbeat.tick() => Box::pin(self.heartbeat()).await?,
                 _ = conflate.tick(), if self.background => {
-                    self.flush_conflated().await?;
+                    Box::pin(self.flush_conflated()).await?;
                     self.flush().await?;
                 }
                 _ = &mut idle => return Err(SessionEnd::IdleTimeout),
@@ -202,7 +190,7 @@ where
                     let left = self.token_remaining();
                     if left.is_zero() {
                         let f = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it or reconnect");
-                        self.send_frame(&f).await?;
+                        Box::pin(self.send_frame(&f)).await?;
                         return Err(SessionEnd::Policy("token expired".into()));
                     }
                     expiry.as_mut().reset(Instant::now() + left);
@@ -215,6 +203,27 @@ where
     fn token_remaining(&self) -> Duration {
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
         self.identity.as_ref().map_or(FOREVER, Identity::remaining)
+    }
+
+    /// A `heartbeat` frame plus a WebSocket ping, so both the application and any
+    /// proxy in between see traffic.
+    async fn heartbeat(&mut self) -> Result<(), SessionEnd> {
+        self.send_frame(&ServerFrame::new(FrameType::Heartbeat))
+            .await?;
+        self.write(Message::Ping(Default::default())).await?;
+        self.flush().await
+    }
+
+    /// A publication from the outbox, then whatever else is queued, then one flush.
+    async fn on_burst(&mut self, first: Pub) -> Result<(), SessionEnd> {
+        self.on_publication(first).await?;
+        for _ in 1..WRITE_BURST {
+            match self.outbox.try_recv() {
+                Ok(p) => self.on_publication(p).await?,
+                Err(_) => break,
+            }
+        }
+        self.flush().await
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), SessionEnd> {

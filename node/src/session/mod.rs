@@ -5,6 +5,8 @@
 //! exactly-once, in-order stream per topic.
 
 mod actor;
+#[cfg(test)]
+mod actor_tests;
 mod delivery;
 mod limits;
 mod outbound;

@@ -1,0 +1,207 @@
+//! The session actor driven through channels instead of a socket.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{Session, SessionEnd, SessionParams};
+use crate::{
+    auth::Authenticator,
+    broker::{memory::MemoryBroker, Broker},
+    config::Config,
+    hub::Hub,
+    metrics::Metrics,
+    state::{AppState, SessionInfo},
+};
+
+/// A socket made of two channels: what the test sends, and what the session wrote.
+struct ChanSocket {
+    incoming: mpsc::UnboundedReceiver<Message>,
+    outgoing: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for ChanSocket {
+    type Item = Result<Message, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<Message> for ChanSocket {
+    type Error = std::io::Error;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.outgoing
+            .send(item)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct Harness {
+    to_session: mpsc::UnboundedSender<Message>,
+    from_session: mpsc::UnboundedReceiver<Message>,
+    state: Arc<AppState>,
+    task: tokio::task::JoinHandle<SessionEnd>,
+}
+
+fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
+    let mut config = Config::for_tests();
+    tweak(&mut config);
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
+        hub.clone(),
+        config.history_size,
+        config.history_ttl,
+    ));
+    let auth = Authenticator::from_config(&config).expect("no key configured");
+    Arc::new(AppState::new(config, hub, broker, metrics, auth))
+}
+
+fn start(state: Arc<AppState>) -> Harness {
+    let (to_session, incoming) = mpsc::unbounded_channel();
+    let (outgoing, from_session) = mpsc::unbounded_channel();
+    let socket = ChanSocket { incoming, outgoing };
+    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None));
+    let params = SessionParams {
+        id: 1,
+        info,
+        initial: Vec::new(),
+        background: false,
+        identity: None,
+    };
+    let session = Session::new(state.clone(), socket, params);
+    Harness {
+        to_session,
+        from_session,
+        state,
+        task: tokio::spawn(session.run()),
+    }
+}
+
+impl Harness {
+    fn send(&self, v: Value) {
+        self.to_session
+            .send(Message::Text(v.to_string().into()))
+            .expect("session alive");
+    }
+
+    async fn next_json(&mut self) -> Value {
+        loop {
+            match self
+                .from_session
+                .recv()
+                .await
+                .expect("session wrote something")
+            {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+                Message::Ping(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_frame_is_connected_and_pings_are_answered() {
+    let mut h = start(app(|_| {}));
+    let first = h.next_json().await;
+    assert_eq!(first["type"], "connected");
+    assert_eq!(first["payload"]["protocol"], 1);
+    h.send(json!({"type": "ping", "correlation_id": "c", "ts": 1}));
+    let pong = h.next_json().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["correlation_id"].as_str()),
+        (Some("pong"), Some("c"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_tick_and_a_silent_client_times_out() {
+    let mut h = start(app(|c| {
+        c.heartbeat_interval = Duration::from_secs(10);
+        c.connection_timeout = Duration::from_secs(25);
+    }));
+    assert_eq!(h.next_json().await["type"], "connected");
+    assert_eq!(h.next_json().await["type"], "heartbeat");
+    assert_eq!(h.next_json().await["type"], "heartbeat");
+    let end = h.task.await.expect("session task");
+    assert_eq!(end, SessionEnd::IdleTimeout);
+    let close = loop {
+        match h.from_session.recv().await {
+            Some(Message::Close(f)) => break f,
+            Some(_) => continue,
+            None => panic!("no close frame"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_publications_arrive_in_order_after_the_ack() {
+    let mut h = start(app(|_| {}));
+    assert_eq!(h.next_json().await["type"], "connected");
+    h.send(json!({"type": "subscribe", "topic": "prices.A"}));
+    let ack = h.next_json().await;
+    assert_eq!(ack["payload"]["head_seq"], 0);
+    let topic = sluice_common::Topic::parse("prices.A").expect("topic");
+    for i in 0..5 {
+        let payload = i.to_string();
+        h.state
+            .broker
+            .publish(crate::broker::PublishRequest {
+                topic: &topic,
+                kind: sluice_common::publisher::PublishKind::Delta,
+                payload_json: &payload,
+                snapshot_json: None,
+            })
+            .await
+            .expect("publish");
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..5 {
+        seqs.push(h.next_json().await["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn an_idle_session_task_is_small() {
+    // The future a session runs as: its size is per-connection memory.
+    let (_to, incoming) = mpsc::unbounded_channel();
+    let (outgoing, _from) = mpsc::unbounded_channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let state = rt.block_on(async { app(|_| {}) });
+    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None));
+    let params = SessionParams {
+        id: 1,
+        info,
+        initial: Vec::new(),
+        background: false,
+        identity: None,
+    };
+    let session = Session::new(state, ChanSocket { incoming, outgoing }, params);
+    let fut = session.run();
+    let size = std::mem::size_of_val(&fut);
+    println!("session future: {size} bytes");
+    assert!(size < 2560, "the session future is {size} bytes");
+}
