@@ -19,15 +19,16 @@ use crate::{
     state::AppState,
 };
 
-/// Checks the admin bearer token: 401 without one, 403 when wrong or unconfigured.
+/// Checks the caller is an admin: `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`, or a
+/// valid JWT with `admin: true` when a JWT key is configured. 401 without a bearer,
+/// 403 when it is wrong; 403 for everyone when neither is configured, so a node is
+/// never left open by omission.
 fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = st.config.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "admin API is disabled: set SLUICE_ADMIN_TOKEN",
-        ));
-    };
+    let forbidden = |msg: &str| ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, msg);
+    let jwt_configured = st.config.jwt_key.is_some();
+    if st.config.admin_token.is_none() && !jwt_configured {
+        return Err(forbidden("admin API is disabled: set SLUICE_ADMIN_TOKEN"));
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -35,20 +36,36 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    match given {
-        None => Err(ApiError::new(
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(given) = given else {
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::AuthRequired,
-            "admin token required: Authorization: Bearer <token>",
-        )),
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "wrong admin token",
-        )),
+            "admin credentials required: Authorization: Bearer <token>",
+        ));
+    };
+    if let Some(expected) = st.config.admin_token.as_deref() {
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Ok(());
+        }
     }
+    if jwt_configured {
+        match st.auth.verify(given) {
+            Ok(id) if id.admin => return Ok(()),
+            Ok(_) => return Err(forbidden("this token is not an admin token")),
+            Err(_) if st.config.admin_token.is_some() => {}
+            Err(e) => {
+                st.metrics.auth_failures.increment(1);
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    e.code(),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    Err(forbidden("wrong admin token"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
