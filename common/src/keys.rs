@@ -8,7 +8,8 @@
 //! | --- | --- | --- |
 //! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
-//! | `sluice:node:<id>` | string (JSON) | the cluster registry record of a live node |
+//! | `sluice:node:<id>` | string (JSON), TTL | the cluster registry record of a live node |
+//! | `sluice:nodes` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
 
 /// The hash holding a topic's seq counter, epoch and snapshot.
 pub fn meta(topic: &str) -> String {
@@ -18,6 +19,14 @@ pub fn meta(topic: &str) -> String {
 /// The stream holding a topic's retained history.
 pub fn stream(topic: &str) -> String {
     format!("sluice:{{{topic}}}:stream")
+}
+
+/// The index of registered nodes.
+pub const NODES: &str = "sluice:nodes";
+
+/// A node's registry record.
+pub fn node(node_id: &str) -> String {
+    format!("sluice:node:{node_id}")
 }
 
 /// Recovers the topic from a stream key built by [`stream`].

@@ -76,6 +76,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             metrics.upkeep();
         }
     }));
+    crate::registry::publish(&state).await;
+    background.push(tokio::spawn(crate::registry::run(state.clone())));
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = state.shutdown.clone();
     let server = tokio::spawn(async move {
@@ -98,6 +100,8 @@ impl RunningNode {
         let st = self.state.clone();
         st.draining
             .store(true, std::sync::atomic::Ordering::Release);
+        // Tell the cluster at once rather than at the next refresh.
+        crate::registry::publish(&st).await;
         let sessions = st.sessions.snapshot();
         let drain = st.config.drain;
         info!(
@@ -127,6 +131,7 @@ impl RunningNode {
             );
         }
         st.shutdown.cancel();
+        st.broker.deregister_node(&st.config.node_id).await;
         st.broker.shutdown().await;
         if tokio::time::timeout(Duration::from_secs(2), self.server)
             .await
@@ -142,6 +147,7 @@ impl RunningNode {
 
     /// Stops the node abruptly, as a crash would: no close frames.
     pub fn kill(self) {
+        self.state.killed.cancel();
         self.server.abort();
         for t in self.background {
             t.abort();

@@ -34,6 +34,8 @@ pub const MESSAGE_BURST: &str = "SLUICE_MESSAGE_BURST";
 pub const RATE_LIMIT_STRIKES: &str = "SLUICE_RATE_LIMIT_STRIKES";
 pub const SUBSCRIBE_LIMITS: &str = "SLUICE_SUBSCRIBE_LIMITS";
 pub const CONFLATE_MS: &str = "SLUICE_CONFLATE_MS";
+pub const ADVERTISE_ADDR: &str = "SLUICE_ADVERTISE_ADDR";
+pub const REGISTRY_TTL: &str = "SLUICE_REGISTRY_TTL";
 
 /// The default subscribe-rate table: per topic class, burst / refill per minute.
 pub const DEFAULT_SUBSCRIBE_LIMITS: &str =
@@ -140,6 +142,16 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "1000",
         "background mode: at most one message per topic per this many ms",
     ),
+    (
+        ADVERTISE_ADDR,
+        "node id and bind port",
+        "address other nodes and operators see in the cluster registry",
+    ),
+    (
+        REGISTRY_TTL,
+        "15",
+        "seconds a node's registry record lives without a refresh (refreshed every third of it)",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +199,8 @@ pub struct Config {
     pub rate_limit_strikes: u32,
     pub subscribe_limits: SubscribeLimits,
     pub conflate: Duration,
+    pub advertise_addr: String,
+    pub registry_ttl: Duration,
 }
 
 /// Subscribe-rate limits per topic class.
@@ -381,6 +395,10 @@ impl Config {
             SubscribeLimits::parse,
         );
         let conflate = Duration::from_millis(p.int(CONFLATE_MS, 1000, 10, 3_600_000) as u64);
+        let advertise_addr = p
+            .get(ADVERTISE_ADDR)
+            .unwrap_or_else(|| format!("{node_id}:{}", bind.port()));
+        let registry_ttl = Duration::from_secs(p.int(REGISTRY_TTL, 15, 3, 3600) as u64);
         if !p.errors.is_empty() {
             return Err(ConfigError(p.errors));
         }
@@ -410,6 +428,8 @@ impl Config {
             rate_limit_strikes,
             subscribe_limits,
             conflate,
+            advertise_addr,
+            registry_ttl,
         })
     }
 

@@ -32,10 +32,14 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Cancelled when the node stops: background tasks end.
     pub shutdown: CancellationToken,
+    /// Cancelled to simulate a crash: sessions drop their sockets without a close frame.
+    pub killed: CancellationToken,
     /// Every session task, so shutdown can wait for them (axum's `on_upgrade`
     /// spawns outside graceful shutdown).
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// Start time in protocol format, for the registry.
+    pub started_at: String,
     next_session: AtomicU64,
 }
 
@@ -57,8 +61,10 @@ impl AppState {
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            killed: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
+            started_at: time_fmt::now(),
             next_session: AtomicU64::new(1),
         }
     }

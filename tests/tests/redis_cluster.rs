@@ -444,3 +444,89 @@ async fn http_publish_on_one_node_reaches_subscribers_of_many_topics_on_another(
     assert_eq!(body["topics"]["market_data.S3"]["head_seq"], 1);
     assert_eq!(body["topics"]["market_data.S3"]["subscriber_count"], 1);
 }
+
+async fn cluster_view(node: &TestNode) -> Value {
+    let (status, body) = node
+        .get_json("/cluster", Some(sluice_tests::ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn node_ids(view: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = view["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["node_id"].as_str().expect("node_id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_lists_live_nodes_marks_draining_ones_and_drops_dead_ones() {
+    let redis = TestRedis::start().await;
+    let ttl = |c: &mut sluice_node::Config| c.registry_ttl = Duration::from_secs(3);
+    let a = start_redis_node(&redis, |c| {
+        ttl(c);
+        c.node_id = "reg-a".into();
+    })
+    .await;
+    let b = start_redis_node(&redis, |c| {
+        ttl(c);
+        c.node_id = "reg-b".into();
+        c.drain = Duration::from_millis(1500);
+    })
+    .await;
+    let c = start_redis_node(&redis, |c| {
+        ttl(c);
+        c.node_id = "reg-c".into();
+    })
+    .await;
+    let _clients = [a.client().await, a.client().await];
+    eventually(
+        Duration::from_secs(5),
+        "all three nodes registered with their connections",
+        || async {
+            let v = cluster_view(&c).await;
+            node_ids(&v) == ["reg-a", "reg-b", "reg-c"]
+                && v["nodes"][0]["connections"] == 2
+                && v["nodes"][0]["address"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+        },
+    )
+    .await;
+
+    // Draining: says so at once, then leaves the registry when it exits.
+    let _held = b.client().await;
+    let drain = tokio::spawn(b.shutdown());
+    eventually(
+        Duration::from_secs(2),
+        "the draining node is marked draining",
+        || async {
+            let v = cluster_view(&a).await;
+            v["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["node_id"] == "reg-b" && n["draining"] == true)
+            })
+        },
+    )
+    .await;
+    drain.await.unwrap();
+    assert_eq!(
+        node_ids(&cluster_view(&a).await),
+        ["reg-a", "reg-c"],
+        "a cleanly stopped node deregisters"
+    );
+
+    // Killed: no goodbye; it drops out when its record expires.
+    c.kill();
+    eventually(
+        Duration::from_secs(6),
+        "the killed node disappears after its TTL",
+        || async { node_ids(&cluster_view(&a).await) == ["reg-a"] },
+    )
+    .await;
+}

@@ -36,6 +36,8 @@ pub struct MemoryBroker {
     hub: Arc<Hub>,
     history_size: usize,
     ttl: Duration,
+    /// The registry of this process's node(s): id → (record, live until).
+    nodes: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// A new epoch: base-36 microseconds since the Unix epoch, strictly increasing
@@ -83,6 +85,7 @@ impl MemoryBroker {
             hub,
             history_size: history_size.max(1),
             ttl,
+            nodes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -217,6 +220,34 @@ impl Broker for MemoryBroker {
     }
 
     async fn shutdown(&self) {}
+
+    async fn register_node(
+        &self,
+        node_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.insert(
+            node_id.to_owned(),
+            (record.to_owned(), Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn deregister_node(&self, node_id: &str) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node_id);
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        nodes.retain(|_, (_, until)| *until > now);
+        Ok(nodes.values().map(|(r, _)| r.clone()).collect())
+    }
 }
 
 #[cfg(test)]

@@ -120,4 +120,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Stops background readers.
     async fn shutdown(&self);
+
+    /// Writes this node's registry record (JSON), live for `ttl`.
+    async fn register_node(
+        &self,
+        node_id: &str,
+        record: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), BrokerError>;
+
+    /// Removes this node's record (clean exit).
+    async fn deregister_node(&self, node_id: &str);
+
+    /// The records of every live node.
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError>;
 }

@@ -198,19 +198,19 @@ pub async fn topics(
     ))
 }
 
-/// `GET /cluster`: the live nodes. With the embedded broker there is exactly one.
+/// `GET /cluster`: the live nodes from the registry, each with its connection count.
 pub async fn cluster(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
-    let me = json!({
-        "node_id": st.config.node_id,
-        "connections": st.sessions.len(),
-        "draining": st.is_draining(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    Ok(Json(json!({ "nodes": [me], "count": 1 })))
+    let nodes = crate::registry::live(&st)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let connections: u64 = nodes.iter().filter_map(|n| n["connections"].as_u64()).sum();
+    Ok(Json(
+        json!({ "count": nodes.len(), "connections": connections, "nodes": nodes }),
+    ))
 }
 
 #[cfg(test)]

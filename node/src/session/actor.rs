@@ -128,7 +128,9 @@ where
             // Best effort: a stalled client may never take it.
             let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.send(frame)).await;
         }
-        let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.close()).await;
+        if end != SessionEnd::Killed {
+            let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.close()).await;
+        }
         self.leave_all();
         debug!(session = self.id, reason = ?end, "session ended");
         end
@@ -161,10 +163,12 @@ where
         let mut conflate = tokio::time::interval(self.state.config.conflate);
         let stop = self.info.stop.clone();
         let slow = self.handle.slow.clone();
+        let killed = self.state.killed.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Err(SessionEnd::Draining),
+                _ = killed.cancelled() => return Err(SessionEnd::Killed),
                 _ = slow.cancelled() => return Err(SessionEnd::SlowConsumer("outbox full")),
                 // The heavy handlers run boxed: their state lives on the heap only
                 // while they run, so an idle session's future stays small.

@@ -21,6 +21,8 @@ pub use actor::{Session, SessionParams};
 pub enum SessionEnd {
     /// The client closed or the connection broke: nothing left to send.
     ClientGone,
+    /// The node was killed (tests simulating a crash): drop the socket, send nothing.
+    Killed,
     /// No frame from the client within the connection timeout.
     IdleTimeout,
     /// The client's outbox filled (or its position could not be repaired).
@@ -41,7 +43,7 @@ impl SessionEnd {
     /// The close frame to send, if any.
     pub fn close(&self) -> Option<(CloseCode, String)> {
         match self {
-            SessionEnd::ClientGone => None,
+            SessionEnd::ClientGone | SessionEnd::Killed => None,
             SessionEnd::IdleTimeout => Some((
                 CloseCode::Normal,
                 "connection timeout: no frame from client".into(),

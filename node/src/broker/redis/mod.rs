@@ -21,10 +21,13 @@ use std::{
 use fred::{
     clients::{Client, Pool},
     error::Error as RedisError,
-    interfaces::{ClientLike, FunctionInterface, StreamsInterface},
+    interfaces::{
+        ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
+        TransactionInterface,
+    },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
-        Builder,
+        Builder, Expiration,
     },
 };
 use sluice_common::{keys, protocol::FrameType, time_fmt, StreamPosition, Topic};
@@ -358,6 +361,61 @@ impl Broker for RedisBroker {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    async fn register_node(
+        &self,
+        node_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let now = time_fmt::now_ms();
+        let key = keys::node(node_id);
+        let tx = self.pool.next().multi();
+        let _: () = tx
+            .set(
+                &key,
+                record,
+                Some(Expiration::PX(ttl.as_millis() as i64)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        let _: () = tx
+            .zadd(keys::NODES, None, None, false, false, (now as f64, node_id))
+            .await
+            .map_err(unavailable)?;
+        // Forget index entries of nodes gone for a while.
+        let stale = (now - 10 * ttl.as_millis() as i64) as f64;
+        let _: () = tx
+            .zremrangebyscore(keys::NODES, f64::MIN, stale)
+            .await
+            .map_err(unavailable)?;
+        tx.exec::<()>(true).await.map_err(unavailable)
+    }
+
+    async fn deregister_node(&self, node_id: &str) {
+        let client = self.pool.next();
+        let _: Result<(), _> = client.del(keys::node(node_id)).await;
+        let _: Result<(), _> = client.zrem(keys::NODES, node_id).await;
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let client = self.pool.next();
+        let ids: Vec<String> = client
+            .zrange(keys::NODES, 0, -1, None, false, None, false)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Records expire on their own; the index may still name dead nodes.
+        let records: Vec<Option<String>> = client
+            .mget(ids.iter().map(|id| keys::node(id)).collect::<Vec<_>>())
+            .await
+            .map_err(unavailable)?;
+        Ok(records.into_iter().flatten().collect())
     }
 
     async fn shutdown(&self) {
