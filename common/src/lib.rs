@@ -13,6 +13,9 @@ pub mod topic;
 #[cfg(feature = "publisher")]
 pub mod publisher;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 pub use close_code::CloseCode;
 pub use error_code::ErrorCode;
 pub use position::StreamPosition;

@@ -1,0 +1,327 @@
+//! The connection task: connect, resubscribe with positions, read and deduplicate,
+//! and on any loss back off and do it again.
+
+use std::{collections::VecDeque, io::Read, sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+use super::{backoff::Jitter, tracker::Tracker, ClientConfig, ClientState, Command, Event, Shared};
+use crate::{
+    close_code::CloseCode,
+    protocol::{FrameType, ServerFrame},
+    time_fmt,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection ended.
+enum Ended {
+    /// The application closed the client.
+    ByUser,
+    /// Lost; reconnect unless the close code says not to.
+    Lost { code: Option<u16> },
+}
+
+struct Conn {
+    config: ClientConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    tracker: Tracker,
+    /// Frames sent while offline.
+    offline: VecDeque<Value>,
+    /// Topics resubscribed with a position on this connection (acks report `resumed`).
+    resumed: std::collections::HashSet<String>,
+}
+
+pub(super) async fn run(
+    config: ClientConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+) {
+    let seed = time_fmt::now_ms() as u64 ^ (Arc::as_ptr(&shared) as u64);
+    let mut conn = Conn {
+        config,
+        commands,
+        events,
+        shared,
+        tracker: Tracker::default(),
+        offline: VecDeque::new(),
+        resumed: Default::default(),
+    };
+    let mut jitter = Jitter::new(seed);
+    let mut failures: u32 = 0;
+    let mut url_index = 0usize;
+    let mut ever_connected = false;
+    loop {
+        let url = conn.config.urls[url_index % conn.config.urls.len().max(1)].clone();
+        conn.set_state(if ever_connected {
+            ClientState::Reconnecting
+        } else {
+            ClientState::Connecting
+        })
+        .await;
+        match connect(&url, conn.config.token.as_deref()).await {
+            Ok(ws) => {
+                if ever_connected {
+                    conn.shared
+                        .stats
+                        .reconnections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                ever_connected = true;
+                failures = 0;
+                match conn.serve(ws).await {
+                    Ended::ByUser => break,
+                    Ended::Lost { code } => {
+                        let stop = code
+                            .and_then(CloseCode::from_code)
+                            .is_some_and(|c| !c.should_reconnect());
+                        if stop {
+                            conn.shared
+                                .set_error(format!("closed with {code:?}; not reconnecting"));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                conn.shared.set_error(format!("{url}: {e}"));
+                failures += 1;
+                url_index += 1;
+                if conn.config.max_attempts.is_some_and(|m| failures >= m) {
+                    break;
+                }
+            }
+        }
+        let delay = conn.config.backoff.delay(failures, jitter.next());
+        if !conn.wait_offline(delay).await {
+            break;
+        }
+    }
+    conn.set_state(ClientState::Disconnected).await;
+}
+
+async fn connect(url: &str, token: Option<&str>) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(t) = token {
+        let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| e.to_string())?;
+        req.headers_mut().insert("authorization", v);
+    }
+    let connecting = tokio_tungstenite::connect_async(req);
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+fn gunzip(data: &[u8]) -> Option<String> {
+    let mut s = String::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+impl Conn {
+    async fn set_state(&self, s: ClientState) {
+        self.shared.set_state(s);
+        let _ = self.events.send(Event::State(s)).await;
+    }
+
+    /// Applies commands while offline for `delay`; false if the user closed.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Close) => return false,
+                    Some(Command::Subscribe(t)) => self.tracker.add(&t),
+                    Some(Command::Unsubscribe(t)) => self.tracker.remove(&t),
+                    Some(Command::Send(v)) => self.queue_offline(v),
+                },
+            }
+        }
+    }
+
+    fn queue_offline(&mut self, v: Value) {
+        if self.offline.len() >= self.config.offline_queue.max(1) {
+            self.offline.pop_front();
+        }
+        self.offline.push_back(v);
+    }
+
+    fn subscribe_frame(&self, topic: &str) -> Value {
+        match self.tracker.position(topic) {
+            Some(p) => {
+                json!({ "type": "subscribe", "topic": topic, "resume_from_seq": p.seq + 1, "epoch": p.epoch })
+            }
+            None => json!({ "type": "subscribe", "topic": topic }),
+        }
+    }
+
+    async fn serve(&mut self, mut ws: Ws) -> Ended {
+        // The first frame is `connected`.
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => {}
+            _ => return Ended::Lost { code: None },
+        }
+        self.resumed.clear();
+        let topics: Vec<String> = self.tracker.topics().map(|(t, _)| t.clone()).collect();
+        for t in topics {
+            if self.tracker.position(&t).is_some() {
+                self.resumed.insert(t.clone());
+            }
+            let frame = self.subscribe_frame(&t);
+            if ws.send(Message::text(frame.to_string())).await.is_err() {
+                return Ended::Lost { code: None };
+            }
+        }
+        while let Some(v) = self.offline.pop_front() {
+            if ws.send(Message::text(v.to_string())).await.is_err() {
+                self.offline.push_front(v);
+                return Ended::Lost { code: None };
+            }
+        }
+        self.set_state(ClientState::Connected).await;
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Close) => {
+                        let _ = ws.close(None).await;
+                        return Ended::ByUser;
+                    }
+                    Some(Command::Subscribe(t)) => {
+                        self.tracker.add(&t);
+                        let frame = self.subscribe_frame(&t);
+                        if ws.send(Message::text(frame.to_string())).await.is_err() {
+                            return Ended::Lost { code: None };
+                        }
+                    }
+                    Some(Command::Unsubscribe(t)) => {
+                        self.tracker.remove(&t);
+                        let frame = json!({ "type": "unsubscribe", "topic": t });
+                        if ws.send(Message::text(frame.to_string())).await.is_err() {
+                            return Ended::Lost { code: None };
+                        }
+                    }
+                    Some(Command::Send(v)) => {
+                        if ws.send(Message::text(v.to_string())).await.is_err() {
+                            self.queue_offline(v);
+                            return Ended::Lost { code: None };
+                        }
+                    }
+                },
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
+                    Some(Ok(Message::Binary(b))) => match gunzip(&b) {
+                        Some(t) => self.on_text(&t).await,
+                        None => self.shared.set_error("binary frame is not gzip"),
+                    },
+                    Some(Ok(Message::Close(f))) => {
+                        let (code, reason) = f.map_or((None, String::new()), |f| (Some(u16::from(f.code)), f.reason.to_string()));
+                        let _ = self.events.send(Event::Closed { code, reason }).await;
+                        return Ended::Lost { code };
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        self.shared.set_error(e.to_string());
+                        let _ = self.events.send(Event::Closed { code: None, reason: e.to_string() }).await;
+                        return Ended::Lost { code: None };
+                    }
+                    None => {
+                        let _ = self.events.send(Event::Closed { code: None, reason: "connection ended".into() }).await;
+                        return Ended::Lost { code: None };
+                    }
+                },
+                _ = ping.tick() => {
+                    let frame = json!({ "type": "ping", "ts": time_fmt::now_micros() });
+                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                        return Ended::Lost { code: None };
+                    }
+                }
+            }
+        }
+    }
+
+    /// One text frame: a single envelope or a batch (JSON array).
+    async fn on_text(&mut self, text: &str) {
+        if text.starts_with('[') {
+            if let Ok(frames) = serde_json::from_str::<Vec<ServerFrame>>(text) {
+                for f in frames {
+                    self.on_frame(f).await;
+                }
+            }
+        } else if let Ok(f) = serde_json::from_str::<ServerFrame>(text) {
+            self.on_frame(f).await;
+        }
+    }
+
+    async fn on_frame(&mut self, f: ServerFrame) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match f.kind {
+            FrameType::Delta | FrameType::Alert | FrameType::Snapshot => {
+                let (Some(topic), Some(epoch), Some(seq)) =
+                    (f.topic.as_deref(), f.epoch.as_deref(), f.seq)
+                else {
+                    return;
+                };
+                if self.tracker.accept(topic, epoch, seq) {
+                    self.shared.stats.publications.fetch_add(1, Relaxed);
+                    let _ = self.events.send(Event::Publication(f)).await;
+                } else {
+                    self.shared.stats.duplicates_dropped.fetch_add(1, Relaxed);
+                }
+            }
+            FrameType::Ack => {
+                let payload = f.payload.as_ref();
+                if payload
+                    .and_then(|p| p.get("subscribed"))
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    let topic = f.topic.clone().unwrap_or_default();
+                    let recovered = payload
+                        .and_then(|p| p.get("recovered"))
+                        .and_then(Value::as_bool)
+                        == Some(true);
+                    let resumed = self.resumed.remove(&topic);
+                    let _ = self
+                        .events
+                        .send(Event::Subscribed {
+                            topic,
+                            resumed,
+                            recovered,
+                        })
+                        .await;
+                }
+            }
+            FrameType::Pong => {
+                let sent = f
+                    .payload
+                    .as_ref()
+                    .and_then(|p| p.get("ts"))
+                    .and_then(Value::as_i64);
+                if let Some(sent) = sent {
+                    let rtt = (time_fmt::now_micros() - sent).max(0) as u64;
+                    self.shared.stats.rtt_micros.store(rtt, Relaxed);
+                }
+            }
+            FrameType::Error => {
+                let _ = self.events.send(Event::Error(f)).await;
+            }
+            FrameType::Connected | FrameType::Heartbeat => {}
+        }
+    }
+}

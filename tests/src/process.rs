@@ -1,0 +1,140 @@
+//! Nodes as separate `sluice` processes on loopback, for drain and kill tests that
+//! need real signals.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+/// Builds (once per test binary) and returns the path of the `sluice` binary.
+pub fn sluice_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "sluice-node", "--bin", "sluice"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the sluice binary failed");
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/sluice
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let bin = dir.join("sluice");
+        assert!(bin.exists(), "{} not found after building", bin.display());
+        bin
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A node process; killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub port: u16,
+    pub node_id: String,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts `sluice` with `env` on a free loopback port and waits until `/ready`.
+    pub async fn start(node_id: &str, env: &[(&str, String)]) -> NodeProcess {
+        let port = free_port();
+        let mut cmd = Command::new(sluice_binary());
+        cmd.env_clear()
+            .env("SLUICE_BIND", format!("127.0.0.1:{port}"))
+            .env("SLUICE_NODE_ID", node_id)
+            .env("SLUICE_ADMIN_TOKEN", crate::ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn sluice");
+        let node = NodeProcess {
+            port,
+            node_id: node_id.to_owned(),
+            child: Some(child),
+        };
+        let url = format!("http://127.0.0.1:{port}/ready");
+        crate::eventually(Duration::from_secs(20), "the node process is ready", || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .map(|r| r.status().as_u16() == 200)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        node
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
+    /// SIGTERM: the node drains.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGKILL: the node dies at once.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit; returns how long that took.
+    pub async fn wait_exit(&mut self, within: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(status.success(), "node exited with {status}");
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "node did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
