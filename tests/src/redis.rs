@@ -120,11 +120,11 @@ impl TestRedis {
         let _ = c.quit().await;
     }
 
-    /// Number of keys whose names start with `sluice:`.
+    /// Number of topic keys (`sluice:{<topic>}:…`), registry records excluded.
     pub async fn sluice_keys(&self) -> usize {
         let c = self.client().await;
         let keys: Vec<String> = c
-            .custom(fred::cmd!("KEYS"), vec!["sluice:*"])
+            .custom(fred::cmd!("KEYS"), vec!["sluice:{*"])
             .await
             .expect("KEYS");
         let _ = c.quit().await;

@@ -530,3 +530,24 @@ async fn the_registry_lists_live_nodes_marks_draining_ones_and_drops_dead_ones()
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_starts_unready_and_recovers() {
+    let redis = TestRedis::start().await;
+    redis.stop().await;
+    let node = start_redis_node(&redis, |_| {}).await;
+    assert_eq!(ready(&node).await, 503, "not ready without Redis");
+    assert_eq!(redis_connected(&node).await, false);
+    redis.start_again().await;
+    eventually(
+        Duration::from_secs(20),
+        "ready once Redis is up",
+        || async { ready(&node).await == 200 },
+    )
+    .await;
+    let mut c = node.client().await;
+    sub(&mut c, "prices.LATE").await;
+    let (seq, _) = node.publish("prices.LATE", json!(1)).await;
+    assert_eq!(seq, 1, "the library was loaded when Redis came up");
+    assert_eq!(seqs(&c.recv_pubs(1).await), [1]);
+}

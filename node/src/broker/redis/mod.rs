@@ -48,8 +48,8 @@ const LIBRARY: &str = include_str!("sluice.lua");
 const POOL_SIZE: usize = 4;
 /// Blocking reader connections; each covers the topics whose names hash to it.
 const READER_GROUPS: usize = 2;
-/// How long start-up waits for Redis before giving up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up waits for Redis before starting not ready.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands on the pool fail after this long instead of waiting for a reconnect.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often connectivity is probed.
@@ -131,43 +131,39 @@ impl RedisBroker {
         history_ttl: Duration,
     ) -> Result<Arc<Self>, BrokerError> {
         let config = parse_url(url)?;
+        let mut config = config;
+        // Keep retrying when Redis is down at start-up: the node starts not ready
+        // and becomes ready when Redis answers, like after any later outage.
+        config.fail_fast = false;
         let pool = builder(&config, Some(COMMAND_TIMEOUT))
             .build_pool(POOL_SIZE)
             .map_err(unavailable)?;
-        let init = async {
-            pool.init().await?;
-            let mut groups = Vec::with_capacity(READER_GROUPS);
-            for _ in 0..READER_GROUPS {
-                let client: Client = builder(&config, None).build()?;
-                client.init().await?;
-                groups.push(ReaderGroup::new(client));
-            }
-            Ok::<_, RedisError>(groups)
-        };
-        let groups = match tokio::time::timeout(CONNECT_TIMEOUT, init).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "cannot reach Redis at {url}: {e}"
-                )))
-            }
-            Err(_) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "cannot reach Redis at {url} within {CONNECT_TIMEOUT:?}"
-                )))
-            }
-        };
+        pool.connect();
+        let mut groups = Vec::with_capacity(READER_GROUPS);
+        for _ in 0..READER_GROUPS {
+            let client: Client = builder(&config, None).build().map_err(unavailable)?;
+            client.connect();
+            groups.push(ReaderGroup::new(client));
+        }
         let broker = Arc::new(RedisBroker {
             pool,
             groups,
             hub: hub.clone(),
             library: library_source(history_size, history_ttl),
-            connected: Arc::new(AtomicBool::new(true)),
+            connected: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
-        broker.load_library().await?;
-        metrics.redis_connected.set(1.0);
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, broker.pool.wait_for_connect()).await;
+        match first {
+            Ok(Ok(())) => {
+                broker.load_library().await?;
+                broker.connected.store(true, Ordering::Release);
+                metrics.redis_connected.set(1.0);
+                info!(%url, "connected to Redis; function library loaded");
+            }
+            _ => warn!(%url, "Redis is unreachable; starting not ready and retrying"),
+        }
         let mut tasks = Vec::new();
         for g in &broker.groups {
             tasks.push(tokio::spawn(
@@ -176,7 +172,6 @@ impl RedisBroker {
         }
         tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
-        info!(%url, "connected to Redis; function library loaded");
         Ok(broker)
     }
 
