@@ -59,7 +59,7 @@ impl Identity {
         }
     }
 
-    /// How long until the token expires (zero if it has).
+    /// How long until the token expires (zero if it has), before any leeway.
     pub fn remaining(&self) -> Duration {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -257,14 +257,20 @@ impl Authenticator {
         let mut v = Validation::new(key.alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+        // jsonwebtoken checks `aud`/`iss` only when present; configured ones must be.
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         decode::<Claims>(token, &key.key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {

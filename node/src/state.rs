@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -28,6 +28,8 @@ pub struct AppState {
     pub sessions: SessionRegistry,
     /// Open connections per client IP, for `SLUICE_MAX_CONNECTIONS_PER_IP`.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Admitted connections (upgrading or open), for `SLUICE_MAX_CONNECTIONS`.
+    admitted: AtomicUsize,
     /// Set when the node starts draining: `/ready` answers 503, upgrades are refused.
     pub draining: AtomicBool,
     /// Cancelled when the node stops: background tasks end.
@@ -59,6 +61,7 @@ impl AppState {
             auth,
             sessions: SessionRegistry::default(),
             per_ip: Mutex::new(HashMap::new()),
+            admitted: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             killed: CancellationToken::new(),
@@ -77,8 +80,23 @@ impl AppState {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Reserves one of `SLUICE_MAX_CONNECTIONS` slots atomically, so a burst of
+    /// simultaneous upgrades cannot overshoot; `None` when the node is full.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
+        let max = self.config.max_connections;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission {
+                state: self.clone(),
+                ip: None,
+            })
+    }
+
     /// Counts a connection from `ip`; false (nothing counted) when the IP is at its limit.
-    pub fn try_add_ip(&self, ip: IpAddr) -> bool {
+    fn try_add_ip(&self, ip: IpAddr) -> bool {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
@@ -88,13 +106,43 @@ impl AppState {
         true
     }
 
-    pub fn remove_ip(&self, ip: IpAddr) {
+    fn remove_ip(&self, ip: IpAddr) {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
                 map.remove(&ip);
             }
+        }
+    }
+}
+
+/// A connection's place under the node's limits; released when dropped, however
+/// the upgrade or the session ends.
+#[derive(Debug)]
+pub struct Admission {
+    state: Arc<AppState>,
+    ip: Option<IpAddr>,
+}
+
+impl Admission {
+    /// Also takes a slot of the client IP's budget; gives the admission back when
+    /// that IP is at its limit.
+    pub fn with_ip(mut self, ip: IpAddr) -> Result<Self, Self> {
+        if self.state.try_add_ip(ip) {
+            self.ip = Some(ip);
+            Ok(self)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.state.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            self.state.remove_ip(ip);
         }
     }
 }

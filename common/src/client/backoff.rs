@@ -40,7 +40,7 @@ impl Jitter {
     }
 
     /// A value in [0, 1).
-    pub fn next(&mut self) -> f64 {
+    pub fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn jitter_stays_in_range_and_varies() {
         let mut j = Jitter::new(42);
-        let xs: Vec<f64> = (0..1000).map(|_| j.next()).collect();
+        let xs: Vec<f64> = (0..1000).map(|_| j.next_f64()).collect();
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((0.4..0.6).contains(&mean), "mean {mean}");

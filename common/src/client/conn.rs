@@ -101,7 +101,7 @@ pub(super) async fn run(
                 }
             }
         }
-        let delay = conn.config.backoff.delay(failures, jitter.next());
+        let delay = conn.config.backoff.delay(failures, jitter.next_f64());
         if !conn.wait_offline(delay).await {
             break;
         }

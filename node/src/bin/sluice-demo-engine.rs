@@ -626,7 +626,12 @@ async fn run(settings: Settings) {
                 }
                 Err(e) => {
                     errors += 1;
-                    warn!(topic = out.topic(), error = %e, retry_in = ?backoff, "publish failed");
+                    if e.contains("Function not found") {
+                        warn!(topic = out.topic(), error = %e, retry_in = ?backoff,
+                            "publish failed: no Sluice node has loaded its function library into this Redis yet");
+                    } else {
+                        warn!(topic = out.topic(), error = %e, retry_in = ?backoff, "publish failed");
+                    }
                     // Without a reconnect policy the pool does not come back by
                     // itself: start over with a fresh one when it is down or stuck.
                     use fred::interfaces::ClientLike;

@@ -2,8 +2,8 @@
 //!
 //! Everything that can refuse a connection does so here with an HTTP status and a
 //! JSON body, before anything is upgraded, in this order: draining or full (503),
-//! Origin not allowed (403), too many connections from the IP (429), token missing
-//! or bad (401), an alias topic the token may not read (403). Accepted sockets run
+//! Origin not allowed (403), token missing or bad (401), an alias topic the token
+//! may not read (403), too many connections from the IP (429). Accepted sockets run
 //! as tracked tasks so shutdown can wait for them.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -147,9 +147,9 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
     if st.is_draining() {
         return ApiError::unavailable("node is draining; connect to another node").into_response();
     }
-    if st.sessions.len() >= st.config.max_connections {
+    let Some(admission) = st.try_admit() else {
         return ApiError::unavailable("node is at its connection limit").into_response();
-    }
+    };
     if !origin_allowed(&st, &headers) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -186,8 +186,7 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
             epoch: None,
         });
     }
-    let ip = addr.ip();
-    if !st.try_add_ip(ip) {
+    let Ok(admission) = admission.with_ip(addr.ip()) else {
         st.metrics.rate_limited.increment(1);
         let msg = "too many connections from this address";
         return ApiError::new(
@@ -196,15 +195,16 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
             msg,
         )
         .into_response();
-    }
+    };
+    // The session enforces SLUICE_MAX_MESSAGE_BYTES itself (a 1009 it can deliver);
+    // tungstenite's own cap, higher, only stops a frame too big to even buffer.
     let limit = st.config.max_message_bytes;
-    let guard_state = st.clone();
+    let hard_cap = limit.saturating_mul(4).max(limit + 64 * 1024);
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_failed_upgrade(move |_| guard_state.remove_ip(ip));
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap);
     ws.on_upgrade(move |socket| {
         let id = st.next_session_id();
         let info = Arc::new(SessionInfo::new(
@@ -228,7 +228,7 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         tracker.track_future(async move {
             session.run().await;
             st.sessions.remove(id);
-            st.remove_ip(ip);
+            drop(admission);
             st.metrics.session_closed();
         })
     })

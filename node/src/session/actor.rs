@@ -206,7 +206,12 @@ where
     /// Time until the session's token expires; effectively never without one.
     fn token_remaining(&self) -> Duration {
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
-        self.identity.as_ref().map_or(FOREVER, Identity::remaining)
+        // The same leeway as at the door, so a token admitted within it is not
+        // declared expired the moment the session starts.
+        let leeway = self.state.config.jwt_leeway;
+        self.identity.as_ref().map_or(FOREVER, |id| {
+            Duration::from_secs((id.expires_at + leeway.as_secs()).saturating_sub(unix_now()))
+        })
     }
 
     /// A `heartbeat` frame plus a WebSocket ping, so both the application and any
@@ -261,6 +266,9 @@ where
                     Ok(frame) => self.on_frame(frame).await,
                     Err(e) => self.send_frame(&e.to_frame()).await,
                 }
+            }
+            Message::Binary(b) if b.len() > self.state.config.max_message_bytes => {
+                Err(SessionEnd::TooLarge)
             }
             Message::Binary(_) => {
                 let f = ServerFrame::error(
@@ -441,6 +449,13 @@ where
         self.info
             .set_subscriptions(self.subs.keys().cloned().collect());
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Maps a socket read error to how the session ends: an oversized frame is a 1009,
