@@ -71,7 +71,7 @@ impl Metrics {
             recorder.describe_gauge(name.into(), None, help.into());
             recorder.register_gauge(&Key::from_static_name(name), &meta)
         };
-        let m = Metrics {
+        Metrics {
             connections_active: gauge(CONNECTIONS_ACTIVE, "WebSocket sessions open now"),
             connections_total: counter(
                 CONNECTIONS_TOTAL,
@@ -104,8 +104,7 @@ impl Metrics {
             sent: AtomicU64::new(0),
             recorder,
             handle,
-        };
-        m
+        }
     }
 
     pub fn session_opened(&self) {
