@@ -23,8 +23,12 @@
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
+use fred::{error::ErrorKind, interfaces::ClientLike};
 use serde_json::{json, Value};
-use sluice_common::{publisher::Publisher, time_fmt, Topic};
+use sluice_common::{
+    publisher::{PublishError, Publisher},
+    time_fmt, Topic,
+};
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
@@ -502,7 +506,16 @@ impl Market {
     }
 }
 
-async fn publish(publisher: &Publisher, out: &Outgoing) -> Result<(), String> {
+/// Why a publish failed, and whether the connection pool has to be replaced.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// The connection is gone or stuck (not a reply from Redis): start over
+    /// with a fresh pool, since `Publisher` pools do not reconnect by themselves.
+    reconnect: bool,
+}
+
+async fn publish(publisher: &Publisher, out: &Outgoing) -> Result<(), Failure> {
     let call = async {
         match out {
             Outgoing::Delta {
@@ -520,8 +533,29 @@ async fn publish(publisher: &Publisher, out: &Outgoing) -> Result<(), String> {
     };
     match timeout(PUBLISH_TIMEOUT, call).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {PUBLISH_TIMEOUT:?}")),
+        Ok(Err(e)) => {
+            // Redis answered with an error (e.g. the function library is not
+            // loaded yet, or OOM under noeviction): the connection is fine.
+            let replied = matches!(
+                &e,
+                PublishError::Redis(r) if matches!(
+                    r.kind(),
+                    ErrorKind::Unknown
+                        | ErrorKind::InvalidCommand
+                        | ErrorKind::InvalidArgument
+                        | ErrorKind::Parse
+                        | ErrorKind::NotFound
+                )
+            ) || !matches!(e, PublishError::Redis(_));
+            Err(Failure {
+                message: e.to_string(),
+                reconnect: !replied,
+            })
+        }
+        Err(_) => Err(Failure {
+            message: format!("no answer within {PUBLISH_TIMEOUT:?}"),
+            reconnect: true,
+        }),
     }
 }
 
@@ -624,18 +658,15 @@ async fn run(settings: Settings) {
                     backoff = BACKOFF_START;
                     break;
                 }
-                Err(e) => {
+                Err(Failure { message, reconnect }) => {
                     errors += 1;
-                    if e.contains("Function not found") {
-                        warn!(topic = out.topic(), error = %e, retry_in = ?backoff,
+                    if message.contains("Function not found") {
+                        warn!(topic = out.topic(), error = %message, retry_in = ?backoff,
                             "publish failed: no Sluice node has loaded its function library into this Redis yet");
                     } else {
-                        warn!(topic = out.topic(), error = %e, retry_in = ?backoff, "publish failed");
+                        warn!(topic = out.topic(), error = %message, retry_in = ?backoff, "publish failed");
                     }
-                    // Without a reconnect policy the pool does not come back by
-                    // itself: start over with a fresh one when it is down or stuck.
-                    use fred::interfaces::ClientLike;
-                    if !p.pool().is_connected() || e.starts_with("no answer") {
+                    if reconnect || !p.pool().is_connected() {
                         let _ = timeout(Duration::from_secs(1), p.pool().quit()).await;
                         publisher = None;
                     }
@@ -667,7 +698,6 @@ async fn run(settings: Settings) {
         "demo engine stopping"
     );
     if let Some(p) = publisher {
-        use fred::interfaces::ClientLike;
         let _ = timeout(Duration::from_secs(2), p.pool().quit()).await;
     }
 }

@@ -33,6 +33,8 @@ use crate::{
 
 /// How long a closing session waits for its close frame to reach the client.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// How long it then waits for the client's answering close.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How many queued publications are written before one flush.
 const WRITE_BURST: usize = 64;
 
@@ -106,34 +108,62 @@ where
             Ok(()) => SessionEnd::ClientGone,
             Err(end) => end,
         };
+        // Leave the hub first: nothing more is queued for a session that is closing.
+        self.leave_all();
+        if matches!(end, SessionEnd::SlowConsumer(_)) {
+            self.state.metrics.slow_consumer_disconnects.increment(1);
+        }
         if let Some((code, reason)) = end.close() {
-            if matches!(end, SessionEnd::SlowConsumer(_)) {
-                self.state.metrics.slow_consumer_disconnects.increment(1);
-            }
+            // One deadline for every closing step: a stalled client never holds the
+            // session longer than CLOSE_LINGER.
+            let deadline = Instant::now() + CLOSE_LINGER;
+            let mut sent = true;
             if end == SessionEnd::TooLarge {
                 let limit = self.state.config.max_message_bytes;
                 let f =
                     ServerFrame::error(ErrorCode::MessageTooLarge, "frame exceeds the size limit")
                         .with_details(json!({ "limit_bytes": limit }));
-                let _ = tokio::time::timeout(
-                    CLOSE_LINGER,
-                    self.socket.send(Message::Text(f.to_json().into())),
-                )
-                .await;
+                let msg = Message::Text(f.to_json().into());
+                sent = tokio::time::timeout_at(deadline, self.socket.send(msg))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
             }
             let frame = Message::Close(Some(CloseFrame {
                 code: code.code(),
                 reason: reason.into(),
             }));
-            // Best effort: a stalled client may never take it.
-            let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.send(frame)).await;
+            sent = sent
+                && tokio::time::timeout_at(deadline, self.socket.send(frame))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if sent {
+                self.await_client_close(deadline.min(Instant::now() + CLOSE_REPLY_WAIT))
+                    .await;
+            }
+        } else if end != SessionEnd::Killed {
+            let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.close()).await;
         }
-        if end != SessionEnd::Killed {
-            let _ = tokio::time::timeout(CLOSE_LINGER, self.socket.close()).await;
-        }
-        self.leave_all();
         debug!(session = self.id, reason = ?end, "session ended");
         end
+    }
+
+    /// After our close frame: give the client a moment to read it and answer before
+    /// the socket is dropped. Dropping a socket with unread input (an oversized frame
+    /// left in the kernel) makes Linux send a reset, which can destroy the close frame
+    /// before the client reads it.
+    async fn await_client_close(&mut self, until: Instant) {
+        loop {
+            match tokio::time::timeout_at(until, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Err(_) => return,
+                Ok(Some(Ok(_))) => continue,
+                // The stream is over or broken (e.g. it stopped at an oversized frame)
+                // while the peer may not have read our close yet: wait out the moment.
+                Ok(Some(Err(_))) | Ok(None) => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            }
+        }
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
