@@ -170,11 +170,23 @@ impl Conn {
     }
 
     async fn serve(&mut self, mut ws: Ws) -> Ended {
-        // The first frame is `connected`.
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(_)))) => {}
+        // The first frame is `connected`; it announces the heartbeat interval.
+        let heartbeat = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ServerFrame>(t.as_str())
+                .ok()
+                .and_then(|f| f.payload)
+                .and_then(|p| p.get("heartbeat_interval_ms").and_then(Value::as_u64))
+                .map(Duration::from_millis),
             _ => return Ended::Lost { code: None },
-        }
+        };
+        // A connection that says nothing for three heartbeats (or pings) is dead even
+        // if the socket looks open: a killed node behind a proxy never sends a reset.
+        let dead_after = 3 * heartbeat
+            .unwrap_or(self.config.ping_interval)
+            .min(self.config.ping_interval)
+            .max(Duration::from_millis(100));
+        let silence = tokio::time::sleep(dead_after);
+        tokio::pin!(silence);
         self.resumed.clear();
         let topics: Vec<String> = self.tracker.topics().map(|(t, _)| t.clone()).collect();
         for t in topics {
@@ -223,7 +235,14 @@ impl Conn {
                         }
                     }
                 },
-                msg = ws.next() => match msg {
+                _ = &mut silence => {
+                    self.shared.set_error(format!("no frame for {dead_after:?}; presumed dead"));
+                    let _ = self.events.send(Event::Closed { code: None, reason: "connection went silent".into() }).await;
+                    return Ended::Lost { code: None };
+                }
+                msg = ws.next() => {
+                    silence.as_mut().reset(tokio::time::Instant::now() + dead_after);
+                    match msg {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
                     Some(Ok(Message::Binary(b))) => match gunzip(&b) {
                         Some(t) => self.on_text(&t).await,
@@ -244,7 +263,7 @@ impl Conn {
                         let _ = self.events.send(Event::Closed { code: None, reason: "connection ended".into() }).await;
                         return Ended::Lost { code: None };
                     }
-                },
+                }},
                 _ = ping.tick() => {
                     let frame = json!({ "type": "ping", "ts": time_fmt::now_micros() });
                     if ws.send(Message::text(frame.to_string())).await.is_err() {

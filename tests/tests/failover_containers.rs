@@ -1,0 +1,314 @@
+//! The deployment's promise, in containers: Redis, three nodes and HAProxy (the
+//! compose topology, from locally built images) on a private network. Reconnecting
+//! clients connect through the load balancer while an engine publishes; then a node
+//! is drained (SIGTERM), another is killed, and Redis is paused. Every client must
+//! end up with every message exactly once, in seq order, and the registry must show
+//! each change.
+//!
+//! Images: `$SLUICE_TEST_NODE_IMAGE` (default `sluice/node:local`) and
+//! `$SLUICE_TEST_HAPROXY_IMAGE` (default `sluice/haproxy:local`), built by
+//! `scripts/build-images.sh` (which `scripts/test.sh` runs).
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{json, Value};
+use sluice_common::{
+    client::{Backoff, Client, ClientConfig, ClientState, Event},
+    publisher::Publisher,
+};
+use sluice_tests::{eventually, ADMIN_TOKEN};
+use testcontainers::{
+    core::{IntoContainerPort, WaitFor},
+    runners::AsyncRunner,
+    ContainerAsync, GenericImage, ImageExt,
+};
+use testcontainers_modules::redis::{Redis, REDIS_PORT};
+use tokio::sync::Mutex;
+
+const TOPIC: &str = "prices.CONTAINERS";
+const CLIENTS: usize = 24;
+
+fn image(var: &str, default: &str) -> (String, String) {
+    let full = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    match full.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
+        _ => (full, "latest".to_owned()),
+    }
+}
+
+async fn start_node(net: &str, prefix: &str, n: usize) -> ContainerAsync<GenericImage> {
+    let (name, tag) = image("SLUICE_TEST_NODE_IMAGE", "sluice/node:local");
+    GenericImage::new(name.clone(), tag.clone())
+        .with_wait_for(WaitFor::message_on_stdout("sluice node serving"))
+        .with_network(net)
+        .with_container_name(format!("{prefix}-node{n}"))
+        .with_env_var("REDIS_URL", format!("redis://{prefix}-redis:6379"))
+        .with_env_var("SLUICE_NODE_ID", format!("node{n}"))
+        .with_env_var("SLUICE_ADVERTISE_ADDR", format!("{prefix}-node{n}:8080"))
+        .with_env_var("SLUICE_DRAIN_SECONDS", "1")
+        // Clients presume a connection dead after three silent heartbeats: a killed
+        // container leaves the proxy's tunnel open without a reset.
+        .with_env_var("SLUICE_HEARTBEAT_INTERVAL", "1")
+        .with_env_var("SLUICE_REGISTRY_TTL", "3")
+        .with_env_var("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Every client arrives from the load balancer's address.
+        .with_env_var("SLUICE_MAX_CONNECTIONS_PER_IP", "100000")
+        .with_env_var("RUST_LOG", "info")
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("start node image {name}:{tag} (build it with scripts/build-images.sh): {e}")
+        })
+}
+
+/// The compose HAProxy config, pointed at this test's container names.
+fn haproxy_config(prefix: &str) -> Vec<u8> {
+    let cfg = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/haproxy.cfg"
+    ))
+    .expect("deploy/haproxy.cfg");
+    let mut out = cfg;
+    for n in 1..=3 {
+        out = out.replace(
+            &format!(" node{n}:8080"),
+            &format!(" {prefix}-node{n}:8080"),
+        );
+    }
+    assert!(
+        out.contains(&format!("{prefix}-node3:8080")),
+        "haproxy.cfg no longer names node1..node3"
+    );
+    out.into_bytes()
+}
+
+#[derive(Debug, Default)]
+struct Received {
+    seqs: Vec<u64>,
+    reconnects: usize,
+    not_recovered: usize,
+}
+
+async fn cluster(lb: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{lb}/cluster"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|n| n["node_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
+    let prefix = format!("sfo{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let net = format!("{prefix}-net");
+    let (rname, rtag) = image(
+        "SLUICE_TEST_REDIS_IMAGE_FULL",
+        &format!(
+            "{}:{}",
+            std::env::var("SLUICE_TEST_REDIS_IMAGE").unwrap_or_else(|_| "redis".into()),
+            std::env::var("SLUICE_TEST_REDIS_TAG").unwrap_or_else(|_| "7.0".into())
+        ),
+    );
+    let redis = Redis::default()
+        .with_name(rname)
+        .with_tag(rtag)
+        .with_network(&net)
+        .with_container_name(format!("{prefix}-redis"))
+        .start()
+        .await
+        .expect("redis container");
+    let redis_url = format!(
+        "redis://127.0.0.1:{}",
+        redis
+            .get_host_port_ipv4(REDIS_PORT)
+            .await
+            .expect("redis port")
+    );
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        nodes.push(Some(start_node(&net, &prefix, n).await));
+    }
+    let (hname, htag) = image("SLUICE_TEST_HAPROXY_IMAGE", "sluice/haproxy:local");
+    let lb = GenericImage::new(hname, htag)
+        .with_exposed_port(8080.tcp())
+        .with_wait_for(WaitFor::seconds(1))
+        .with_network(&net)
+        .with_container_name(format!("{prefix}-lb"))
+        .with_copy_to(
+            "/usr/local/etc/haproxy/haproxy.cfg",
+            haproxy_config(&prefix),
+        )
+        .start()
+        .await
+        .expect("haproxy container (build it with scripts/build-images.sh)");
+    let lb_port = lb.get_host_port_ipv4(8080).await.expect("lb port");
+    let lb_http = format!("http://127.0.0.1:{lb_port}");
+    eventually(
+        Duration::from_secs(20),
+        "all three nodes registered, seen through the LB",
+        || async { ids(&cluster(&lb_http).await) == ["node1", "node2", "node3"] },
+    )
+    .await;
+
+    let logs: Vec<Arc<Mutex<Received>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let mut readers = Vec::new();
+    for log in &logs {
+        let mut cfg = ClientConfig::new(format!("ws://127.0.0.1:{lb_port}/ws"));
+        cfg.backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let mut client = Client::connect(cfg);
+        client.subscribe(TOPIC);
+        let log = log.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(ev) = client.next_event().await {
+                let mut r = log.lock().await;
+                match ev {
+                    Event::Publication(f) => r.seqs.push(f.seq.unwrap_or(0)),
+                    Event::State(ClientState::Reconnecting) => r.reconnects += 1,
+                    Event::Subscribed {
+                        resumed: true,
+                        recovered: false,
+                        ..
+                    } => r.not_recovered += 1,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let engine = Publisher::connect(&redis_url, 2).await.expect("publisher");
+    let publishing = tokio::spawn(async move {
+        let mut seq = 0;
+        let stop_at = tokio::time::Instant::now() + Duration::from_secs(16);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        while tokio::time::Instant::now() < stop_at {
+            tick.tick().await;
+            loop {
+                match engine.publish(TOPIC, &json!({ "n": seq + 1 })).await {
+                    Ok(pos) => {
+                        assert_eq!(pos.seq, seq + 1);
+                        seq = pos.seq;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        seq
+    });
+    eventually(
+        Duration::from_secs(15),
+        "every client receives through the LB",
+        || async {
+            let mut all = true;
+            for l in &logs {
+                all &= !l.lock().await.seqs.is_empty();
+            }
+            all
+        },
+    )
+    .await;
+
+    // 1. Drain node1 (docker stop = SIGTERM, then up to 10 s).
+    let drained = nodes[0].take().expect("node1");
+    let started = std::time::Instant::now();
+    drained
+        .stop_with_timeout(Some(10))
+        .await
+        .expect("stop node1");
+    eprintln!("node1 drained and exited in {:?}", started.elapsed());
+    eventually(
+        Duration::from_secs(10),
+        "the registry shows node1 gone",
+        || async { ids(&cluster(&lb_http).await) == ["node2", "node3"] },
+    )
+    .await;
+
+    // 2. Kill node2 (no grace).
+    let killed = nodes[1].take().expect("node2");
+    killed.stop_with_timeout(Some(0)).await.expect("kill node2");
+    eventually(
+        Duration::from_secs(10),
+        "the registry drops the killed node",
+        || async { ids(&cluster(&lb_http).await) == ["node3"] },
+    )
+    .await;
+
+    // 3. Pause Redis.
+    redis.pause().await.expect("pause");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.unpause().await.expect("unpause");
+
+    let last = publishing.await.expect("publisher");
+    assert!(last > 500, "only {last} messages were published");
+    let caught_up = async {
+        loop {
+            let mut all = true;
+            for l in &logs {
+                all &= l.lock().await.seqs.last() == Some(&last);
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(40), caught_up)
+        .await
+        .is_err()
+    {
+        let mut report = Vec::new();
+        for (i, l) in logs.iter().enumerate() {
+            let r = l.lock().await;
+            report.push(format!(
+                "client {i}: last {:?} of {last}, {} reconnects",
+                r.seqs.last(),
+                r.reconnects
+            ));
+        }
+        panic!("clients did not catch up:\n{}", report.join("\n"));
+    }
+    let want: Vec<u64> = (1..=last).collect();
+    let mut reconnected = 0;
+    for (i, l) in logs.iter().enumerate() {
+        let r = l.lock().await;
+        let start = r.seqs[0];
+        assert_eq!(
+            r.seqs,
+            want[(start - 1) as usize..],
+            "client {i}: lost, duplicated or reordered messages"
+        );
+        assert_eq!(r.not_recovered, 0, "client {i} was told history was lost");
+        reconnected += usize::from(r.reconnects > 0);
+    }
+    eprintln!(
+        "{reconnected} of {CLIENTS} clients reconnected through the LB; {last} messages each"
+    );
+    assert!(
+        reconnected >= CLIENTS / 3,
+        "only {reconnected} clients reconnected although two of three nodes went away"
+    );
+    for r in readers {
+        r.abort();
+    }
+    drop(drained);
+    drop(killed);
+}
