@@ -6,7 +6,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq` |
+//! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq`, `snap_ts` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
 //! | `sluice:node:<id>` | string (JSON), TTL | the cluster registry record of a live node |
 //! | `sluice:nodes` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |

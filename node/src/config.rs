@@ -68,7 +68,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     ),
     (
         ADMIN_TOKEN,
-        "(none: admin endpoints answer 403)",
+        "(none: only admin JWTs, or 403 without a JWT key)",
         "bearer token for publish and admin HTTP endpoints",
     ),
     (HISTORY_SIZE, "10000", "entries kept per topic"),

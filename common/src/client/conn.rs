@@ -316,6 +316,11 @@ impl Conn {
                         .and_then(Value::as_bool)
                         == Some(true);
                     let resumed = self.resumed.remove(&topic);
+                    if resumed && !recovered {
+                        // The server restarts this topic from its snapshot (whose seq
+                        // may be below ours): forget the old position so it is accepted.
+                        self.tracker.forget_position(&topic);
+                    }
                     let _ = self
                         .events
                         .send(Event::Subscribed {

@@ -20,6 +20,13 @@ impl Tracker {
         self.topics.remove(topic);
     }
 
+    /// Keeps the subscription but drops its position (history was lost).
+    pub fn forget_position(&mut self, topic: &str) {
+        if let Some(slot) = self.topics.get_mut(topic) {
+            *slot = None;
+        }
+    }
+
     pub fn position(&self, topic: &str) -> Option<&StreamPosition> {
         self.topics.get(topic).and_then(Option::as_ref)
     }
@@ -67,6 +74,11 @@ mod tests {
         assert!(t.accept("a", "e2", 1), "a newer epoch restarts the seqs");
         assert!(!t.accept("a", "e1", 9), "a late message of the older epoch");
         assert_eq!(t.position("a"), Some(&StreamPosition::new(1, "e2")));
+        t.forget_position("a");
+        assert!(
+            t.accept("a", "e2", 1),
+            "after a lost history the snapshot's seq is accepted again"
+        );
         t.remove("a");
         assert_eq!(t.topics().count(), 0);
     }

@@ -1,6 +1,7 @@
 //! The admin API: publish over HTTP and inspect this node. Every route here needs
-//! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`; with no token configured they all
-//! answer 403, so a node is never left open by omission.
+//! `Authorization: Bearer` with `SLUICE_ADMIN_TOKEN` or a JWT carrying `admin: true`;
+//! with neither configured they all answer 403, so a node is never left open by
+//! omission.
 
 use std::sync::Arc;
 

@@ -80,7 +80,8 @@ where
             state,
             addr,
             headers: parts.headers.clone(),
-            token: q.token.or(bearer),
+            // An empty `?token=` does not hide a header token.
+            token: q.token.filter(|t| !t.trim().is_empty()).or(bearer),
             ws,
         })
     }

@@ -267,30 +267,33 @@ where
 
     async fn on_message(&mut self, msg: Message) -> Result<(), SessionEnd> {
         self.state.metrics.messages_received.increment(1);
+        // Every data frame, text or binary, spends from the connection's budget.
+        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            match self.limits.message() {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    self.state.metrics.rate_limited.increment(1);
+                    let cfg = &self.state.config;
+                    let details = json!({ "limit": format!("{} per second, burst {}", cfg.message_rate, cfg.message_burst) });
+                    return self
+                        .send_error(
+                            ErrorCode::RateLimitExceeded,
+                            "Rate limit exceeded",
+                            details,
+                            None,
+                        )
+                        .await;
+                }
+                Verdict::Abuse => {
+                    self.state.metrics.rate_limited.increment(1);
+                    return Err(SessionEnd::RateLimited);
+                }
+            }
+        }
         match msg {
             Message::Text(text) => {
                 if text.len() > self.state.config.max_message_bytes {
                     return Err(SessionEnd::TooLarge);
-                }
-                match self.limits.message() {
-                    Verdict::Allow => {}
-                    Verdict::Refuse => {
-                        self.state.metrics.rate_limited.increment(1);
-                        let cfg = &self.state.config;
-                        let details = json!({ "limit": format!("{} per second, burst {}", cfg.message_rate, cfg.message_burst) });
-                        return self
-                            .send_error(
-                                ErrorCode::RateLimitExceeded,
-                                "Rate limit exceeded",
-                                details,
-                                None,
-                            )
-                            .await;
-                    }
-                    Verdict::Abuse => {
-                        self.state.metrics.rate_limited.increment(1);
-                        return Err(SessionEnd::RateLimited);
-                    }
                 }
                 match ClientFrame::parse(text.as_str()) {
                     Ok(frame) => self.on_frame(frame).await,

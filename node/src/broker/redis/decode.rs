@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use bytes::Bytes;
+
 use sluice_common::{keys, protocol::FrameType, Topic};
 
 use crate::broker::{Pub, Publication};
@@ -31,27 +33,29 @@ impl EpochCache {
 pub(crate) fn decode_entry(
     topic: &Topic,
     id: &str,
-    fields: &HashMap<String, String>,
+    fields: &HashMap<String, Bytes>,
     epochs: &mut EpochCache,
 ) -> Option<Pub> {
     let (_, seq) = keys::parse_entry_id(id)?;
-    let epoch = epochs.get(fields.get("e")?);
-    let kind = match fields.get("t").map(String::as_str) {
+    let text = |k: &str| fields.get(k).and_then(|b| std::str::from_utf8(b).ok());
+    let epoch = epochs.get(text("e")?);
+    let kind = match text("t") {
         Some("alert") => FrameType::Alert,
         Some("delta") | None => FrameType::Delta,
         Some(_) => return None,
     };
-    let payload = fields.get("p")?;
-    let ts = fields
-        .get("ts")
+    // Entries are read as bytes: one that is not UTF-8 (only a raw XADD can write
+    // it) must not fail the whole read of its reader group.
+    let payload = String::from_utf8_lossy(fields.get("p")?);
+    let ts = text("ts")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(sluice_common::time_fmt::now_ms);
     // The function's JSON check (Lua cjson) lets a few malformed forms through, and
     // anyone can XADD; a frame a client cannot parse must never leave the node, and
     // dropping the entry would leave a seq gap. So a bad payload goes out as a string.
-    if !sluice_common::protocol::is_json(payload) {
+    if !sluice_common::protocol::is_json(&payload) {
         tracing::warn!(%topic, seq, "payload in Redis is not valid JSON; delivering it as a string");
-        let quoted = serde_json::Value::String(payload.clone()).to_string();
+        let quoted = serde_json::Value::String(payload.into_owned()).to_string();
         return Some(Publication::new(
             topic.clone(),
             seq,
@@ -67,7 +71,7 @@ pub(crate) fn decode_entry(
         epoch,
         kind,
         ts,
-        payload,
+        &payload,
     ))
 }
 
@@ -75,11 +79,21 @@ pub(crate) fn decode_entry(
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Bytes> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
             .collect()
+    }
+
+    #[test]
+    fn a_non_utf8_payload_becomes_a_json_string_not_a_failure() {
+        let t = Topic::parse("a").unwrap();
+        let mut f = fields(&[("e", "x")]);
+        f.insert("p".into(), Bytes::from_static(b"\"\xff\""));
+        let p = decode_entry(&t, "1-1", &f, &mut EpochCache::default()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+        assert_eq!(v["payload"], "\u{fffd}", "lossy UTF-8, still a valid frame");
     }
 
     #[test]

@@ -313,7 +313,7 @@ impl Broker for RedisBroker {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Pub>, BrokerError> {
-        let entries: Vec<(String, HashMap<String, String>)> = self
+        let entries: Vec<(String, HashMap<String, bytes::Bytes>)> = self
             .pool
             .next()
             .fcall_ro(

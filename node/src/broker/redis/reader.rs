@@ -32,7 +32,7 @@ const READ_COUNT: u64 = 1_000;
 /// Extra time a blocked read gets beyond `BLOCK_MS` before the connection is presumed dead.
 const READ_SLACK: Duration = Duration::from_secs(3);
 /// What `XREAD` returns: per stream key, its entries `(id, fields)`.
-type Streams = Vec<(String, Vec<(String, HashMap<String, String>)>)>;
+type Streams = Vec<(String, Vec<(String, HashMap<String, bytes::Bytes>)>)>;
 /// How long `follow` waits for the reader to pick a topic up.
 const ARM_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -186,7 +186,7 @@ impl ReaderGroup {
         hub: &Hub,
         epochs: &mut EpochCache,
         key: &str,
-        entries: Vec<(String, std::collections::HashMap<String, String>)>,
+        entries: Vec<(String, std::collections::HashMap<String, bytes::Bytes>)>,
     ) {
         let Some(topic) = keys::topic_of_stream(key).and_then(|t| Topic::parse(t).ok()) else {
             return;
