@@ -27,4 +27,4 @@ if [[ -z "${SLUICE_TEST_REDIS_IMAGE:-}" ]]; then
     fi
 fi
 echo "scripts/test.sh: Redis for tests: ${SLUICE_TEST_REDIS_URL:-image ${SLUICE_TEST_REDIS_IMAGE}:${SLUICE_TEST_REDIS_TAG:-7.0}}"
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"

@@ -205,9 +205,13 @@ pub async fn cluster(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
-    let nodes = crate::registry::live(&st)
+    let mut nodes = crate::registry::live(&st)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // The answering node reports itself live rather than as of its last refresh.
+    nodes.retain(|n| n["node_id"] != st.config.node_id.as_str());
+    nodes.push(crate::registry::record(&st));
+    nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
     let connections: u64 = nodes.iter().filter_map(|n| n["connections"].as_u64()).sum();
     Ok(Json(
         json!({ "count": nodes.len(), "connections": connections, "nodes": nodes }),
