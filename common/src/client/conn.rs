@@ -14,11 +14,36 @@ use tokio_tungstenite::{
 use super::{backoff::Jitter, tracker::Tracker, ClientConfig, ClientState, Command, Event, Shared};
 use crate::{
     close_code::CloseCode,
+    error_code::ErrorCode,
     protocol::{FrameType, ServerFrame},
     time_fmt,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Subscribes to send again after the node refused them for want of its broker.
+#[derive(Debug, Default)]
+struct Retries {
+    topics: std::collections::BTreeSet<String>,
+    at: Option<tokio::time::Instant>,
+    /// Rounds so far on this connection, for the backoff.
+    attempt: u32,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the connection does after one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FrameOutcome {
+    Continue,
+    /// The node could not serve this subscription now: send it again later.
+    RetrySubscribe(String),
+}
 
 /// Why a connection ended.
 enum Ended {
@@ -88,6 +113,10 @@ pub(super) async fn run(
                             conn.shared
                                 .set_error(format!("closed with {code:?}; not reconnecting"));
                             break;
+                        }
+                        // 1012: that node is draining; go straight to the next URL.
+                        if code == Some(CloseCode::NodeDraining.code()) {
+                            url_index += 1;
                         }
                     }
                 }
@@ -207,6 +236,8 @@ impl Conn {
         self.set_state(ClientState::Connected).await;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
+        let mut retries = Retries::default();
+        let mut jitter = Jitter::new(time_fmt::now_micros() as u64);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -243,9 +274,15 @@ impl Conn {
                 msg = ws.next() => {
                     silence.as_mut().reset(tokio::time::Instant::now() + dead_after);
                     match msg {
-                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
+                    Some(Ok(Message::Text(t))) => {
+                        let retry = self.on_text(t.as_str()).await;
+                        self.schedule_retries(retry, &mut retries, &mut jitter);
+                    }
                     Some(Ok(Message::Binary(b))) => match gunzip(&b) {
-                        Some(t) => self.on_text(&t).await,
+                        Some(t) => {
+                            let retry = self.on_text(&t).await;
+                            self.schedule_retries(retry, &mut retries, &mut jitter);
+                        }
                         None => self.shared.set_error("binary frame is not gzip"),
                     },
                     Some(Ok(Message::Close(f))) => {
@@ -264,6 +301,17 @@ impl Conn {
                         return Ended::Lost { code: None };
                     }
                 }},
+                _ = sleep_until_opt(retries.at), if retries.at.is_some() => {
+                    retries.at = None;
+                    for t in std::mem::take(&mut retries.topics) {
+                        if self.tracker.topics().any(|(k, _)| *k == t) {
+                            let frame = self.subscribe_frame(&t);
+                            if ws.send(Message::text(frame.to_string())).await.is_err() {
+                                return Ended::Lost { code: None };
+                            }
+                        }
+                    }
+                }
                 _ = ping.tick() => {
                     let frame = json!({ "type": "ping", "ts": time_fmt::now_micros() });
                     if ws.send(Message::text(frame.to_string())).await.is_err() {
@@ -274,27 +322,47 @@ impl Conn {
         }
     }
 
-    /// One text frame: a single envelope or a batch (JSON array).
-    async fn on_text(&mut self, text: &str) {
-        if text.starts_with('[') {
-            if let Ok(frames) = serde_json::from_str::<Vec<ServerFrame>>(text) {
-                for f in frames {
-                    self.on_frame(f).await;
-                }
+    /// One text frame: a single envelope or a batch (JSON array). Returns the
+    /// topics whose subscribe must be retried.
+    async fn on_text(&mut self, text: &str) -> Vec<String> {
+        let frames = if text.starts_with('[') {
+            serde_json::from_str::<Vec<ServerFrame>>(text).unwrap_or_default()
+        } else {
+            serde_json::from_str::<ServerFrame>(text)
+                .map(|f| vec![f])
+                .unwrap_or_default()
+        };
+        let mut retry = Vec::new();
+        for f in frames {
+            if let FrameOutcome::RetrySubscribe(t) = self.on_frame(f).await {
+                retry.push(t);
             }
-        } else if let Ok(f) = serde_json::from_str::<ServerFrame>(text) {
-            self.on_frame(f).await;
         }
+        retry
     }
 
-    async fn on_frame(&mut self, f: ServerFrame) {
+    fn schedule_retries(&self, topics: Vec<String>, retries: &mut Retries, jitter: &mut Jitter) {
+        if topics.is_empty() {
+            return;
+        }
+        let delay = self
+            .config
+            .backoff
+            .delay(retries.attempt, jitter.next_f64());
+        retries.attempt = retries.attempt.saturating_add(1);
+        retries.topics.extend(topics);
+        let at = tokio::time::Instant::now() + delay;
+        retries.at = Some(retries.at.map_or(at, |t| t.min(at)));
+    }
+
+    async fn on_frame(&mut self, f: ServerFrame) -> FrameOutcome {
         use std::sync::atomic::Ordering::Relaxed;
         match f.kind {
             FrameType::Delta | FrameType::Alert | FrameType::Snapshot => {
                 let (Some(topic), Some(epoch), Some(seq)) =
                     (f.topic.as_deref(), f.epoch.as_deref(), f.seq)
                 else {
-                    return;
+                    return FrameOutcome::Continue;
                 };
                 if self.tracker.accept(topic, epoch, seq) {
                     self.shared.stats.publications.fetch_add(1, Relaxed);
@@ -343,9 +411,26 @@ impl Conn {
                 }
             }
             FrameType::Error => {
+                // A subscribe the node could not serve (its broker failed or was
+                // overloaded): retry that subscribe later on this connection. A
+                // reconnect would only add load to a node that is already struggling.
+                let failed_topic = f
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.get("topic"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let retry = f.code == Some(ErrorCode::InternalError)
+                    && failed_topic
+                        .as_ref()
+                        .is_some_and(|t| self.tracker.topics().any(|(k, _)| k == t));
                 let _ = self.events.send(Event::Error(f)).await;
+                if let (true, Some(t)) = (retry, failed_topic) {
+                    return FrameOutcome::RetrySubscribe(t);
+                }
             }
             FrameType::Connected | FrameType::Heartbeat => {}
         }
+        FrameOutcome::Continue
     }
 }

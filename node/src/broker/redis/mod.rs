@@ -51,7 +51,9 @@ const READER_GROUPS: usize = 2;
 /// How long start-up waits for Redis before starting not ready.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands on the pool fail after this long instead of waiting for a reconnect.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive failed probes that mark Redis unreachable.
+const PROBE_FAILURES_FOR_DOWN: u32 = 2;
 /// How often connectivity is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many probes, check the library is still loaded (a Redis that
@@ -72,6 +74,9 @@ pub fn library_source(history_size: usize, history_ttl: Duration) -> String {
 #[derive(Debug)]
 pub struct RedisBroker {
     pool: Pool,
+    /// Its own connection for health probes, so a busy pool cannot delay them into
+    /// a false "unreachable".
+    probe: Client,
     groups: Vec<Arc<ReaderGroup>>,
     hub: Arc<Hub>,
     library: String,
@@ -139,6 +144,10 @@ impl RedisBroker {
             .build_pool(POOL_SIZE)
             .map_err(unavailable)?;
         pool.connect();
+        let probe: Client = builder(&config, Some(COMMAND_TIMEOUT))
+            .build()
+            .map_err(unavailable)?;
+        probe.connect();
         let mut groups = Vec::with_capacity(READER_GROUPS);
         for _ in 0..READER_GROUPS {
             let client: Client = builder(&config, None).build().map_err(unavailable)?;
@@ -147,6 +156,7 @@ impl RedisBroker {
         }
         let broker = Arc::new(RedisBroker {
             pool,
+            probe,
             groups,
             hub: hub.clone(),
             library: library_source(history_size, history_ttl),
@@ -214,19 +224,21 @@ impl RedisBroker {
         let mut tick = tokio::time::interval(HEALTH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probes = 0u32;
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             probes = probes.wrapping_add(1);
-            let ping = tokio::time::timeout(
-                Duration::from_secs(1),
-                self.pool.next().ping::<String>(None),
-            )
-            .await;
-            let up = matches!(ping, Ok(Ok(_)))
+            let ping =
+                tokio::time::timeout(Duration::from_secs(1), self.probe.ping::<String>(None)).await;
+            let answered = matches!(ping, Ok(Ok(_)))
                 && self.groups.iter().all(|g| reader::connected(g.client()));
+            // One slow probe under load is not an outage: two in a row are.
+            failures = if answered { 0 } else { failures + 1 };
+            let up = failures < PROBE_FAILURES_FOR_DOWN
+                && (answered || self.connected.load(Ordering::Acquire));
             let was = self.connected.load(Ordering::Acquire);
             if up && !was {
                 match self.load_library().await {
@@ -420,6 +432,7 @@ impl Broker for RedisBroker {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
         let _ = self.pool.quit().await;
+        let _ = self.probe.quit().await;
         for g in &self.groups {
             let _ = g.client().quit().await;
         }
