@@ -9,21 +9,24 @@
 //! `$SLUICE_TEST_HAPROXY_IMAGE` (default `sluice/haproxy:local`), built by
 //! `scripts/build-images.sh` (which `scripts/test.sh` runs).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_common::{
-    client::{Backoff, Client, ClientConfig, ClientState, Event},
+    client::{Backoff, Client, ClientConfig},
     publisher::Publisher,
 };
-use sluice_tests::{eventually, ADMIN_TOKEN};
+use sluice_tests::{
+    eventually,
+    follow::{assert_every_message_exactly_once, follow, wait_all_receiving},
+    ADMIN_TOKEN,
+};
 use testcontainers::{
     core::{IntoContainerPort, WaitFor},
     runners::AsyncRunner,
     ContainerAsync, GenericImage, ImageExt,
 };
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
-use tokio::sync::Mutex;
 
 const TOPIC: &str = "prices.CONTAINERS";
 const CLIENTS: usize = 24;
@@ -80,13 +83,6 @@ fn haproxy_config(prefix: &str) -> Vec<u8> {
         "haproxy.cfg no longer names node1..node3"
     );
     out.into_bytes()
-}
-
-#[derive(Debug, Default)]
-struct Received {
-    seqs: Vec<u64>,
-    reconnects: usize,
-    not_recovered: usize,
 }
 
 async fn cluster(lb: &str) -> Value {
@@ -167,32 +163,19 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
     )
     .await;
 
-    let logs: Vec<Arc<Mutex<Received>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let mut logs = Vec::new();
     let mut readers = Vec::new();
-    for log in &logs {
+    for _ in 0..CLIENTS {
         let mut cfg = ClientConfig::new(format!("ws://127.0.0.1:{lb_port}/ws"));
         cfg.backoff = Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
         };
-        let mut client = Client::connect(cfg);
+        let client = Client::connect(cfg);
         client.subscribe(TOPIC);
-        let log = log.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(ev) = client.next_event().await {
-                let mut r = log.lock().await;
-                match ev {
-                    Event::Publication(f) => r.seqs.push(f.seq.unwrap_or(0)),
-                    Event::State(ClientState::Reconnecting) => r.reconnects += 1,
-                    Event::Subscribed {
-                        resumed: true,
-                        recovered: false,
-                        ..
-                    } => r.not_recovered += 1,
-                    _ => {}
-                }
-            }
-        }));
+        let (log, task) = follow(client);
+        logs.push(log);
+        readers.push(task);
     }
     let engine = Publisher::connect(&redis_url, 2).await.expect("publisher");
     let publishing = tokio::spawn(async move {
@@ -214,18 +197,7 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
         }
         seq
     });
-    eventually(
-        Duration::from_secs(15),
-        "every client receives through the LB",
-        || async {
-            let mut all = true;
-            for l in &logs {
-                all &= !l.lock().await.seqs.is_empty();
-            }
-            all
-        },
-    )
-    .await;
+    wait_all_receiving(&logs, Duration::from_secs(15)).await;
 
     // 1. Drain node1 (docker stop = SIGTERM, then up to 10 s).
     let drained = nodes[0].take().expect("node1");
@@ -259,46 +231,7 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
 
     let last = publishing.await.expect("publisher");
     assert!(last > 500, "only {last} messages were published");
-    let caught_up = async {
-        loop {
-            let mut all = true;
-            for l in &logs {
-                all &= l.lock().await.seqs.last() == Some(&last);
-            }
-            if all {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(40), caught_up)
-        .await
-        .is_err()
-    {
-        let mut report = Vec::new();
-        for (i, l) in logs.iter().enumerate() {
-            let r = l.lock().await;
-            report.push(format!(
-                "client {i}: last {:?} of {last}, {} reconnects",
-                r.seqs.last(),
-                r.reconnects
-            ));
-        }
-        panic!("clients did not catch up:\n{}", report.join("\n"));
-    }
-    let want: Vec<u64> = (1..=last).collect();
-    let mut reconnected = 0;
-    for (i, l) in logs.iter().enumerate() {
-        let r = l.lock().await;
-        let start = r.seqs[0];
-        assert_eq!(
-            r.seqs,
-            want[(start - 1) as usize..],
-            "client {i}: lost, duplicated or reordered messages"
-        );
-        assert_eq!(r.not_recovered, 0, "client {i} was told history was lost");
-        reconnected += usize::from(r.reconnects > 0);
-    }
+    let reconnected = assert_every_message_exactly_once(&logs, last, Duration::from_secs(40)).await;
     eprintln!(
         "{reconnected} of {CLIENTS} clients reconnected through the LB; {last} messages each"
     );
