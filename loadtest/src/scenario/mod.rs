@@ -1,0 +1,8 @@
+//! The scenarios, one per file; each turns a `RunConfig` (and its own options)
+//! into a `Report`.
+
+pub mod fanout;
+pub mod idle;
+pub mod latency;
+pub mod storm;
+pub mod topics;
