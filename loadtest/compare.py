@@ -75,7 +75,8 @@ def start_system(name, redis_url, workers, env_extra):
     subprocess.run([str(peer), "start", name, "--port", str(port), "--redis", redis_url,
                     "--workers", str(workers)], check=True, stdout=sys.stderr)
     pids = []
-    for f in sorted((RUN_DIR / name).glob("*.pid")):
+    # peer.sh writes the launched process's pid (its workers are its children).
+    for f in [RUN_DIR / name / "pid"]:
         try:
             pids.append(int(f.read_text().split()[0]))
         except (ValueError, IndexError):

@@ -57,6 +57,8 @@ pub struct Shared {
     pub connect_errors: AtomicU64,
     pub disconnects: AtomicU64,
     pub resubscribed: AtomicU64,
+    /// Failed attempts to reconnect (each is retried).
+    pub reconnect_errors: AtomicU64,
     pub server_errors: AtomicU64,
     /// Receipts of stamped messages, and the distinct ones, per worker.
     pub delivered: Vec<AtomicU64>,
@@ -125,6 +127,7 @@ impl Fleet {
             connect_errors: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             resubscribed: AtomicU64::new(0),
+            reconnect_errors: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             delivered: counters(workers),
             unique: counters(workers),
@@ -267,6 +270,8 @@ async fn connection(
                     }
                     // A reconnect refused (the other node is busy or also gone):
                     // try the next URL shortly.
+                    shared.reconnect_errors.fetch_add(1, Relaxed);
+                    shared.note_error(&e.context(format!("reconnect to {}", url.addr)));
                     url_idx = (url_idx + 1) % spec.urls.len();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;

@@ -113,7 +113,16 @@ impl WsConn {
         let mut stream = socket.connect(url.addr).await?;
         stream.set_nodelay(true)?;
         let seed = rand_seed(&stream);
-        let key = base64::engine::general_purpose::STANDARD.encode(seed.to_le_bytes());
+        // A 16-byte nonce, as RFC 6455 requires (some servers check its length).
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&seed.to_le_bytes());
+        nonce[8..].copy_from_slice(
+            &seed
+                .rotate_left(29)
+                .wrapping_mul(0x2545_F491_4F6C_DD1D)
+                .to_le_bytes(),
+        );
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce);
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",

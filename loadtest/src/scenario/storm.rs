@@ -4,14 +4,14 @@
 //! the reconnect+resume rate, and the usual loss and duplicate accounting.
 
 use std::{
-    sync::atomic::Ordering::Relaxed,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context};
 
 use crate::{
-    fleet::Fleet,
+    fleet::{Fleet, Shared},
     payload::{self, Stamp},
     report::Report,
     run::{account, await_fleet, redis_stats_client, topic_names, CpuMeter, Progress, RunConfig},
@@ -91,13 +91,22 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     let (mut ok, mut errors) = (0u64, 0u64);
     let mut acted: Option<(Instant, u64)> = None;
     let mut first_error = None;
+    let watched = Arc::new(Mutex::new((None::<Duration>, None::<Duration>)));
+    let mut monitor = None;
     for i in 0..schedule.len() {
         let due = start + schedule.due(i);
         tokio::time::sleep_until(due.into()).await;
         if acted.is_none() && due.duration_since(start) >= opt.action_at {
             act(&opt.action)?;
-            acted = Some((Instant::now(), ok));
+            let at = Instant::now();
+            acted = Some((at, ok));
             eprintln!("storm: {:?} at seq {ok}", opt.action);
+            monitor = Some(tokio::spawn(watch_recovery(
+                shared.clone(),
+                watched.clone(),
+                at,
+                ok,
+            )));
         }
         let body = payload::build(
             Stamp {
@@ -118,33 +127,28 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     }
     let (cpu, _) = meter.finish(&cfg.server_pids, redis.as_ref()).await;
     let (acted_at, head_at_action) = acted.context("the action never ran")?;
-    // Caught up: every client has everything published before the action, and
-    // (after the drain) everything at all.
-    let mut caught_up = None;
-    let mut all_back = None;
+    // Then wait (up to the drain time) until nothing is owed at all.
     let limit = Instant::now() + cfg.drain;
     let subscribers = shared.subscribers[0].load(Relaxed);
-    while Instant::now() < limit {
-        let (lost, back) = (
-            shared.disconnects.load(Relaxed),
-            shared.resubscribed.load(Relaxed),
-        );
-        if all_back.is_none() && lost > 0 && back >= lost {
-            all_back = Some(Instant::now());
-        }
-        // Every subscriber has every message published: nothing is owed.
-        if shared.unique() >= subscribers * ok {
-            caught_up = Some(Instant::now());
-            break;
-        }
+    while shared.unique() < subscribers * ok && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (all_back, caught_up) = match monitor {
+        Some(m) => {
+            m.abort();
+            let w = watched.lock().map(|w| *w).unwrap_or_default();
+            (w.0, w.1)
+        }
+        None => (None, None),
+    };
     drop(progress);
     let disconnects = shared.disconnects.load(Relaxed);
     let resubscribed = shared.resubscribed.load(Relaxed);
     let first_loss = shared.first_loss_ns.load(Relaxed);
     let last_back = shared.last_resubscribe_ns.load(Relaxed);
     let connect_errors = shared.connect_errors.load(Relaxed);
+    let shared_reconnect_errors = shared.reconnect_errors.load(Relaxed);
+    let fleet_error = shared.first_error.lock().ok().and_then(|e| e.clone());
     let server_errors = shared.server_errors.load(Relaxed);
     let out = fleet.stop()?;
     let mut report = cfg.report("storm");
@@ -156,17 +160,19 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     report.disconnects = disconnects;
     report.server_errors = server_errors;
     report.cpu_percent = cpu;
-    report.first_error = first_error;
+    report.first_error = first_error.or(fleet_error);
     let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
     let x = &mut report.extra;
     x.insert("action".into(), format!("{:?}", opt.action).into());
     x.insert("head_at_action".into(), head_at_action.into());
     x.insert("reconnected".into(), resubscribed.into());
+    x.insert("reconnect_errors".into(), shared_reconnect_errors.into());
+    let _ = acted_at;
     if let Some(t) = all_back {
-        x.insert("all_resubscribed_ms".into(), ms(t - acted_at).into());
+        x.insert("all_resubscribed_ms".into(), ms(t).into());
     }
     if let Some(t) = caught_up {
-        x.insert("all_caught_up_ms".into(), ms(t - acted_at).into());
+        x.insert("all_caught_up_ms".into(), ms(t).into());
     }
     if first_loss != u64::MAX && last_back > first_loss && resubscribed > 0 {
         let span = (last_back - first_loss) as f64 / 1e9;
@@ -180,4 +186,38 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// From the action on: when every lost connection is back (resubscribed), and
+/// when every subscriber has everything published before the action.
+async fn watch_recovery(
+    shared: Arc<Shared>,
+    out: Arc<Mutex<(Option<Duration>, Option<Duration>)>>,
+    at: Instant,
+    head: u64,
+) {
+    let subscribers = shared.subscribers[0].load(Relaxed) as usize;
+    loop {
+        let (lost, back) = (
+            shared.disconnects.load(Relaxed),
+            shared.resubscribed.load(Relaxed),
+        );
+        let caught = shared
+            .highest
+            .iter()
+            .filter(|h| h.load(Relaxed) >= head)
+            .count();
+        if let Ok(mut o) = out.lock() {
+            if o.0.is_none() && lost > 0 && back >= lost {
+                o.0 = Some(at.elapsed());
+            }
+            if o.1.is_none() && caught >= subscribers && o.0.is_some() {
+                o.1 = Some(at.elapsed());
+            }
+            if o.0.is_some() && o.1.is_some() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# A short fan-out run of sluice-loadtest against a real node and Redis: 200
+# clients, 50 publishes/s for 3 s. Fails unless every one of the 30000 deliveries
+# owed arrived exactly once, in order, with no connect error. Run by .ci/run.
+#
+#   scripts/loadtest-smoke.sh            (builds the release binaries first)
+# Needs redis-server on PATH. Ports: SMOKE_REDIS_PORT (6411), SMOKE_NODE_PORT (18190).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+redis_port="${SMOKE_REDIS_PORT:-6411}"
+node_port="${SMOKE_NODE_PORT:-18190}"
+clients=200 rate=50 seconds=3
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -q -p sluice-node -p sluice-loadtest
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    >"$work/redis.log" 2>&1 &
+pids+=($!)
+REDIS_URL="redis://127.0.0.1:$redis_port" SLUICE_BIND="127.0.0.1:$node_port" SLUICE_NODE_ID=smoke \
+    RUST_LOG=warn target/release/sluice >"$work/node.log" 2>&1 &
+node_pid=$!
+pids+=("$node_pid")
+
+for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null || {
+    echo "loadtest-smoke: the node did not become ready" >&2
+    tail -20 "$work/node.log" >&2
+    exit 1
+}
+
+target/release/sluice-loadtest fanout --url "ws://127.0.0.1:$node_port/ws" \
+    --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --rate "$rate" \
+    --duration "${seconds}s" --server-pid "$node_pid" --json --quiet >"$work/out.txt"
+
+python3 - "$work/out.txt" "$clients" "$rate" "$seconds" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+r = json.loads(lines[-1])
+clients, rate, seconds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+owed = clients * rate * seconds
+checks = {
+    "scenario is fanout": r["scenario"] == "fanout",
+    f"published {rate * seconds}": r["published"] == rate * seconds and r["publish_errors"] == 0,
+    f"expected {owed}": r["expected"] == owed,
+    "delivered all": r["delivered"] == owed,
+    "lost 0": r["lost"] == 0,
+    "duplicated 0": r["duplicated"] == 0,
+    "out of order 0": r["out_of_order"] == 0,
+    "connect errors 0": r["connect_errors"] == 0,
+    "latency measured": 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"],
+}
+for name, ok in checks.items():
+    print(f"loadtest-smoke: {'ok  ' if ok else 'FAIL'} {name}")
+print("loadtest-smoke:", json.dumps({k: r[k] for k in ("delivered", "lost", "duplicated", "deliveries_per_sec", "latency_ms")}))
+sys.exit(0 if all(checks.values()) else 1)
+PY
