@@ -275,26 +275,34 @@ impl Publishers {
                 cfg.payload,
             );
             tasks.push(tokio::spawn(async move {
-                while let Some((t, seq, due_ns)) = rx.recv().await {
-                    let body = payload::build(
-                        Stamp {
-                            topic: t as u32,
-                            seq,
-                            sent_ns: due_ns,
-                        },
-                        size,
-                    );
-                    match publish.publish(&topics[t], &body).await {
-                        Ok(()) => {
-                            ok[t].fetch_add(1, Relaxed);
-                        }
-                        Err(e) => {
-                            errors.fetch_add(1, Relaxed);
-                            if let Ok(mut f) = first_error.lock() {
-                                f.get_or_insert_with(|| format!("publish: {e:#}"));
+                let mut queued = Vec::with_capacity(256);
+                while rx.recv_many(&mut queued, 256).await > 0 {
+                    let batch: Vec<(&str, String)> = queued
+                        .iter()
+                        .map(|&(t, seq, due_ns)| {
+                            let stamp = Stamp {
+                                topic: t as u32,
+                                seq,
+                                sent_ns: due_ns,
+                            };
+                            (topics[t].as_str(), payload::build(stamp, size))
+                        })
+                        .collect();
+                    let results = publish.publish_batch(&batch).await;
+                    for (&(t, _, _), r) in queued.iter().zip(results) {
+                        match r {
+                            Ok(()) => {
+                                ok[t].fetch_add(1, Relaxed);
+                            }
+                            Err(e) => {
+                                errors.fetch_add(1, Relaxed);
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert_with(|| format!("publish: {e:#}"));
+                                }
                             }
                         }
                     }
+                    queued.clear();
                 }
             }));
             txs.push(tx);

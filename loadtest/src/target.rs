@@ -8,7 +8,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use anyhow::{bail, Context};
 use fred::{
     clients::Client as RedisClient,
-    interfaces::{ClientLike, PubsubInterface},
+    interfaces::{ClientLike, FunctionInterface, PubsubInterface},
     types::config::Config as RedisConfig,
 };
 use sluice_common::publisher::{PublishKind, Publisher};
@@ -267,6 +267,47 @@ impl Publish {
         })
     }
 
+    /// Publishes several messages in order: one pipeline for the Redis paths (so a
+    /// busy publisher does not wait a round trip per message), one by one
+    /// otherwise. One result per message.
+    pub async fn publish_batch(&mut self, batch: &[(&str, String)]) -> Vec<anyhow::Result<()>> {
+        match self {
+            Publish::Sluice(p) if batch.len() > 1 => {
+                let pipe = p.pool().next().pipeline();
+                for (topic, payload) in batch {
+                    let args = vec![payload.clone(), "delta".to_owned()];
+                    let _: Result<(), _> = pipe
+                        .fcall::<(), _, _, _>(
+                            sluice_common::publisher::PUBLISH_FUNCTION,
+                            *topic,
+                            args,
+                        )
+                        .await;
+                }
+                collect(pipe.try_all::<fred::types::Value>().await, batch.len())
+            }
+            Publish::Redis { client, socketio } if batch.len() > 1 => {
+                let pipe = client.pipeline();
+                for (topic, payload) in batch {
+                    let _: Result<(), _> = if *socketio {
+                        pipe.publish::<(), _, _>("socketio", socketio_emit(topic, payload))
+                            .await
+                    } else {
+                        pipe.publish::<(), _, _>(*topic, payload.as_str()).await
+                    };
+                }
+                collect(pipe.try_all::<fred::types::Value>().await, batch.len())
+            }
+            _ => {
+                let mut out = Vec::with_capacity(batch.len());
+                for (topic, payload) in batch {
+                    out.push(self.publish(topic, payload).await);
+                }
+                out
+            }
+        }
+    }
+
     pub async fn publish(&mut self, topic: &str, payload: &str) -> anyhow::Result<()> {
         match self {
             Publish::Sluice(p) => {
@@ -297,6 +338,21 @@ impl Publish {
         }
         Ok(())
     }
+}
+
+/// One result per pipelined command (a missing reply counts as an error).
+fn collect(
+    replies: Vec<Result<fred::types::Value, fred::error::Error>>,
+    n: usize,
+) -> Vec<anyhow::Result<()>> {
+    let mut out: Vec<anyhow::Result<()>> = replies
+        .into_iter()
+        .map(|r| r.map(|_| ()).map_err(anyhow::Error::from))
+        .collect();
+    while out.len() < n {
+        out.push(Err(anyhow::anyhow!("no reply in the pipeline")));
+    }
+    out
 }
 
 /// The message a python-socketio external emitter puts on the `socketio`

@@ -24,13 +24,17 @@ pub struct TopicsOptions {
 }
 
 pub async fn run(cfg: &RunConfig, opt: TopicsOptions) -> anyhow::Result<Report> {
-    let xadd_us = if opt.calibrate > 0 {
-        match cfg.redis.as_deref() {
-            Some(url) => Some(xadd_cost_us(url, opt.calibrate).await?),
-            None => None,
+    let (xadd_us, fcall_us) = match (opt.calibrate, cfg.redis.as_deref()) {
+        (n, Some(url)) if n > 0 => {
+            let x = xadd_cost_us(url, n).await?;
+            let f = if cfg.system == crate::target::System::Sluice {
+                Some(fcall_cost_us(url, n).await?)
+            } else {
+                None
+            };
+            (Some(x), f)
         }
-    } else {
-        None
+        _ => (None, None),
     };
     let outcome = measured_run(
         cfg,
@@ -53,6 +57,11 @@ pub async fn run(cfg: &RunConfig, opt: TopicsOptions) -> anyhow::Result<Report> 
         report
             .extra
             .insert("redis_cpu_us_per_publish".into(), round2(per).into());
+        if let Some(f) = fcall_us {
+            report
+                .extra
+                .insert("redis_cpu_us_per_unread_publish".into(), round2(f).into());
+        }
         if let Some(x) = xadd_us {
             report
                 .extra
@@ -104,4 +113,46 @@ pub async fn xadd_cost_us(url: &str, n: u64) -> anyhow::Result<f64> {
         (after - before) * 1e6 / n as f64
     );
     Ok((after - before) * 1e6 / n as f64)
+}
+
+/// Redis CPU microseconds per `FCALL sluice_publish` on topics no node reads
+/// (the function's own cost, without any reader being woken), over `n` calls
+/// spread over 1000 scratch topics (which expire with the history TTL).
+pub async fn fcall_cost_us(url: &str, n: u64) -> anyhow::Result<f64> {
+    let publisher = sluice_common::publisher::Publisher::connect(url, 1).await?;
+    let client = redis_stats_client(Some(url))
+        .await
+        .context("connecting to Redis for the FCALL calibration")?;
+    let id = run_id();
+    let body = crate::payload::build(
+        crate::payload::Stamp {
+            topic: 0,
+            seq: 1,
+            sent_ns: 0,
+        },
+        64,
+    );
+    let before = redis_cpu(&client).await.context("INFO cpu")?;
+    for chunk in 0..n.div_ceil(100) {
+        let calls = (0..100.min(n - chunk * 100)).map(|i| {
+            let topic = format!("calib.{id}.{}", (chunk * 100 + i) % 1000);
+            let (p, body) = (publisher.clone(), body.clone());
+            async move {
+                p.publish_json(
+                    &topic,
+                    sluice_common::publisher::PublishKind::Delta,
+                    &body,
+                    None,
+                )
+                .await
+            }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r?;
+        }
+    }
+    let after = redis_cpu(&client).await.context("INFO cpu")?;
+    let per = (after - before) * 1e6 / n as f64;
+    eprintln!("calibration: {n} FCALL sluice_publish on unread topics, Redis CPU {per:.1} us each");
+    Ok(per)
 }

@@ -2,9 +2,9 @@
 //! snapshot lives in Redis, written by the `sluice` function library (`sluice.lua`),
 //! so any node can serve any client's resume.
 //!
-//! Connections: a small pool for ordinary commands (publish, state, history) and one
-//! dedicated client per reader group for blocking `XREAD`s, because a blocked read
-//! stalls every other command on its connection.
+//! Connections: a small pool for ordinary commands (publish, state, history), one
+//! client per reader group for the stream reads, and one subscribed to the doorbell
+//! that `sluice_publish` rings (a subscribed connection can do nothing else).
 
 mod decode;
 mod reader;
@@ -77,6 +77,9 @@ pub struct RedisBroker {
     /// Its own connection for health probes, so a busy pool cannot delay them into
     /// a false "unreachable".
     probe: Client,
+    /// Subscribed to the doorbell that `sluice_publish` rings (pub/sub needs a
+    /// connection of its own).
+    doorbell: Client,
     groups: Vec<Arc<ReaderGroup>>,
     hub: Arc<Hub>,
     library: String,
@@ -154,9 +157,12 @@ impl RedisBroker {
             client.connect();
             groups.push(ReaderGroup::new(client));
         }
+        let doorbell: Client = builder(&config, None).build().map_err(unavailable)?;
+        doorbell.connect();
         let broker = Arc::new(RedisBroker {
             pool,
             probe,
+            doorbell,
             groups,
             hub: hub.clone(),
             library: library_source(history_size, history_ttl),
@@ -180,6 +186,11 @@ impl RedisBroker {
                 g.clone().run(hub.clone(), broker.stop.clone()),
             ));
         }
+        tasks.push(tokio::spawn(reader::doorbell(
+            broker.doorbell.clone(),
+            broker.groups.clone(),
+            broker.stop.clone(),
+        )));
         tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(broker)
@@ -433,6 +444,7 @@ impl Broker for RedisBroker {
         }
         let _ = self.pool.quit().await;
         let _ = self.probe.quit().await;
+        let _ = self.doorbell.quit().await;
         for g in &self.groups {
             let _ = g.client().quit().await;
         }

@@ -15,10 +15,18 @@
 --                             snap      latest snapshot (JSON text), optional
 --                             snap_seq  seq the snapshot reflects, optional
 --                             snap_ts   when the snapshot was stored, unix ms, optional
+--                             exp       when the TTLs were last refreshed, unix ms
 --   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
 --                             e   epoch    t  type ("delta" or "alert")
 --                             p   payload  ts publish time, unix ms
--- Both keys expire HISTORY_TTL seconds after the topic's last publish.
+-- Every publish ends with PUBLISH sluice:live <T>: the doorbell on which nodes
+-- learn which streams to read (the stream stays the only source of content).
+--
+-- Both keys expire about HISTORY_TTL seconds after the topic's last publish:
+-- the TTLs are refreshed when they were last refreshed TTL_REFRESH_MS ago or
+-- more (a tenth of the TTL, at most a minute), not on every publish, because
+-- two EXPIREs cost a third of the function's time in Redis. So a topic expires
+-- between HISTORY_TTL - TTL_REFRESH_MS and HISTORY_TTL after its last publish.
 --
 -- Epoch: created when meta has no epoch (new topic, or its state was lost).
 -- It is the base-36 (0-9a-z) form of the creation time in microseconds
@@ -60,6 +68,11 @@ if HISTORY_SIZE < 1000 then
 end
 
 local MAX_TOPIC_BYTES = 200
+-- (The math library is not available while the library loads.)
+local TTL_REFRESH_MS = HISTORY_TTL * 100
+if TTL_REFRESH_MS > 60000 then
+    TTL_REFRESH_MS = 60000
+end
 
 local function meta_key(topic)
     return 'sluice:{' .. topic .. '}:meta'
@@ -227,9 +240,10 @@ local function publish(keys, args)
     local sec, usec = tonumber(now[1]), tonumber(now[2])
     local now_ms = sec * 1000 + math.floor(usec / 1000)
 
-    local cur = redis.call('HMGET', meta, 'epoch', 'ems')
-    local epoch, ems = cur[1], cur[2]
+    local cur = redis.call('HMGET', meta, 'epoch', 'ems', 'exp')
+    local epoch, ems, exp = cur[1], cur[2], tonumber(cur[3])
     if not epoch or not ems then
+        exp = nil
         -- New topic, or its state was lost: start a new epoch.
         local micros = sec * 1000000 + usec
         local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
@@ -253,9 +267,14 @@ local function publish(keys, args)
     if snapshot then
         redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str, 'snap_ts', string.format('%d', now_ms))
     end
-    local ttl = string.format('%d', HISTORY_TTL)
-    redis.call('EXPIRE', meta, ttl)
-    redis.call('EXPIRE', stream, ttl)
+    -- Ring the doorbell: nodes following the topic read its stream now.
+    redis.call('PUBLISH', 'sluice:live', topic)
+    if not exp or now_ms - exp >= TTL_REFRESH_MS then
+        local ttl = string.format('%d', HISTORY_TTL)
+        redis.call('HSET', meta, 'exp', string.format('%d', now_ms))
+        redis.call('EXPIRE', meta, ttl)
+        redis.call('EXPIRE', stream, ttl)
+    end
     return { seq, epoch }
 end
 
