@@ -1,9 +1,9 @@
 //! The hub: which local sessions want which topic, and fan-out to them.
 //!
 //! `broadcast` never awaits and never blocks on a session: it `try_send`s the shared
-//! publication into each subscriber's bounded outbox. A full outbox marks that session
-//! a slow consumer (it closes itself with 4008 and the client resumes from history);
-//! a closed outbox means the session is gone and is removed.
+//! publication into each subscriber's bounded mailbox. A full mailbox marks that
+//! session a slow consumer (it closes itself with 4008 and the client resumes from
+//! history); a closed one means the session is gone and is removed.
 
 use std::{
     collections::HashMap,
@@ -11,21 +11,19 @@ use std::{
 };
 
 use sluice_common::Topic;
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Pub, metrics::Metrics};
+use crate::{
+    broker::Pub,
+    metrics::Metrics,
+    session::{Refused, Signal},
+    state::SessionInfo,
+};
 
 /// Identifies a session within this node.
 pub type SessionId = u64;
 
-/// How the hub reaches one session.
-#[derive(Debug, Clone)]
-pub struct SessionHandle {
-    pub outbox: mpsc::Sender<Pub>,
-    /// Cancelled by the hub when the outbox is full: the session must close with 4008.
-    pub slow: CancellationToken,
-}
+/// How the hub reaches one session: through the mailbox of its [`SessionInfo`].
+pub type SessionHandle = Arc<SessionInfo>;
 
 #[derive(Debug)]
 pub struct Hub {
@@ -41,12 +39,18 @@ impl Hub {
         }
     }
 
-    /// Adds a subscriber. Returns true when it is the topic's first local subscriber.
-    pub fn join(&self, topic: &Topic, id: SessionId, handle: SessionHandle) -> bool {
+    /// Adds a subscriber. Returns the hub's copy of the topic name, for the session to
+    /// keep instead of its own (one allocation per topic, not per subscription), and
+    /// whether this is the topic's first local subscriber.
+    pub fn join(&self, topic: &Topic, id: SessionId, handle: SessionHandle) -> (Topic, bool) {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        let subs = topics.entry(topic.clone()).or_default();
+        let shared = topics
+            .get_key_value(topic)
+            .map_or_else(|| topic.clone(), |(t, _)| t.clone());
+        let subs = topics.entry(shared.clone()).or_default();
         subs.insert(id, handle);
-        subs.len() == 1
+        let first = subs.len() == 1;
+        (shared, first)
     }
 
     /// Removes a subscriber. Returns true when the topic has no local subscriber left.
@@ -77,6 +81,18 @@ impl Hub {
         topics.iter().map(|(t, s)| (t.clone(), s.len())).collect()
     }
 
+    /// Each session's topics, for `/connections`.
+    pub fn topics_by_session(&self) -> HashMap<SessionId, Vec<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut by_session: HashMap<SessionId, Vec<Topic>> = HashMap::new();
+        for (topic, subs) in topics.iter() {
+            for id in subs.keys() {
+                by_session.entry(*id).or_default().push(topic.clone());
+            }
+        }
+        by_session
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -91,14 +107,14 @@ impl Hub {
                 return 0;
             };
             for (id, h) in subs {
-                match h.outbox.try_send(p.clone()) {
+                match h.mailbox.try_send(p) {
                     Ok(()) => delivered += 1,
-                    Err(TrySendError::Full(_)) => {
+                    Err(Refused::Full) => {
                         // Lossless by design: the client resumes from history.
                         self.metrics.messages_dropped.increment(1);
-                        h.slow.cancel();
+                        h.mailbox.signal(Signal::Slow);
                     }
-                    Err(TrySendError::Closed(_)) => {
+                    Err(Refused::Closed) => {
                         self.metrics.messages_dropped.increment(1);
                         closed.push(*id);
                     }
@@ -122,32 +138,29 @@ mod tests {
         Publication::new(topic.clone(), seq, "e".into(), FrameType::Delta, 0, "{}")
     }
 
-    fn handle(cap: usize) -> (SessionHandle, mpsc::Receiver<Pub>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (
-            SessionHandle {
-                outbox: tx,
-                slow: CancellationToken::new(),
-            },
-            rx,
-        )
+    fn handle(cap: usize) -> SessionHandle {
+        Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, cap))
     }
 
     #[test]
     fn fans_out_to_each_subscriber_of_the_topic_only() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let (a, b) = (Topic::parse("a").unwrap(), Topic::parse("b").unwrap());
-        let (h1, mut r1) = handle(8);
-        let (h2, mut r2) = handle(8);
-        assert!(hub.join(&a, 1, h1));
-        assert!(!hub.join(&a, 2, h2.clone()));
-        assert!(hub.join(&b, 2, h2));
+        let (h1, h2) = (handle(8), handle(8));
+        assert!(hub.join(&a, 1, h1.clone()).1);
+        let (shared, first) = hub.join(&Topic::parse("a").unwrap(), 2, h2.clone());
+        assert!(!first);
+        assert_eq!(shared, a);
+        assert!(hub.join(&b, 2, h2.clone()).1);
+        let by_session = hub.topics_by_session();
+        assert_eq!(by_session[&1], std::slice::from_ref(&a));
+        assert_eq!(by_session[&2].len(), 2);
         assert_eq!(hub.broadcast(&publication(&a, 1)), 2);
         assert_eq!(hub.broadcast(&publication(&b, 1)), 1);
-        assert_eq!(r1.try_recv().unwrap().topic, a);
-        assert!(r1.try_recv().is_err());
-        assert_eq!(r2.try_recv().unwrap().topic, a);
-        assert_eq!(r2.try_recv().unwrap().topic, b);
+        assert_eq!(h1.mailbox.try_recv().unwrap().topic, a);
+        assert!(h1.mailbox.try_recv().is_none());
+        assert_eq!(h2.mailbox.try_recv().unwrap().topic, a);
+        assert_eq!(h2.mailbox.try_recv().unwrap().topic, b);
         assert!(!hub.leave(&a, 1));
         assert!(hub.leave(&a, 2));
         assert!(!hub.has_subscribers("a"));
@@ -155,26 +168,25 @@ mod tests {
     }
 
     #[test]
-    fn a_full_outbox_flags_the_session_slow_without_blocking() {
+    fn a_full_mailbox_flags_the_session_slow_without_blocking() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let t = Topic::parse("t").unwrap();
-        let (h, _rx) = handle(2);
-        let slow = h.slow.clone();
-        hub.join(&t, 1, h);
+        let h = handle(2);
+        hub.join(&t, 1, h.clone());
         assert_eq!(hub.broadcast(&publication(&t, 1)), 1);
         assert_eq!(hub.broadcast(&publication(&t, 2)), 1);
-        assert!(!slow.is_cancelled());
+        assert!(!h.mailbox.is_signalled(Signal::Slow));
         assert_eq!(hub.broadcast(&publication(&t, 3)), 0);
-        assert!(slow.is_cancelled());
+        assert!(h.mailbox.is_signalled(Signal::Slow));
     }
 
     #[test]
-    fn a_closed_outbox_is_deregistered() {
+    fn a_closed_mailbox_is_deregistered() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let t = Topic::parse("t").unwrap();
-        let (h, rx) = handle(2);
-        hub.join(&t, 1, h);
-        drop(rx);
+        let h = handle(2);
+        hub.join(&t, 1, h.clone());
+        h.mailbox.close();
         assert_eq!(hub.broadcast(&publication(&t, 1)), 0);
         assert!(!hub.has_subscribers("t"));
     }

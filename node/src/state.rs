@@ -10,12 +10,18 @@ use std::{
     },
 };
 
-use sluice_common::{time_fmt, Topic};
+use sluice_common::time_fmt;
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::Authenticator, broker::Broker, config::Config, hub::Hub, hub::SessionId, metrics::Metrics,
+    auth::Authenticator,
+    broker::Broker,
+    config::Config,
+    hub::Hub,
+    hub::SessionId,
+    metrics::Metrics,
+    session::{Mailbox, Signal},
 };
 
 #[derive(Debug)]
@@ -34,7 +40,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Cancelled when the node stops: background tasks end.
     pub shutdown: CancellationToken,
-    /// Cancelled to simulate a crash: sessions drop their sockets without a close frame.
+    /// Cancelled to simulate a crash: sessions drop their sockets without a close frame
+    /// (each open session is also signalled; one starting later checks this).
     pub killed: CancellationToken,
     /// Every session task, so shutdown can wait for them (axum's `on_upgrade`
     /// spawns outside graceful shutdown).
@@ -136,6 +143,15 @@ impl Admission {
             Err(self)
         }
     }
+
+    /// The session `id`, admitted under this, has ended: unregisters it and gives the
+    /// slot back.
+    pub fn session_ended(self, id: SessionId) {
+        let state = self.state.clone();
+        state.sessions.remove(id);
+        drop(self);
+        state.metrics.session_closed();
+    }
 }
 
 impl Drop for Admission {
@@ -147,31 +163,34 @@ impl Drop for Admission {
     }
 }
 
-/// What `/connections` shows of a session, and the handle that stops it.
+/// What `/connections` shows of a session (its subscriptions come from the hub),
+/// and its mailbox: how the hub, the drain and a kill reach it. One allocation per
+/// session, shared by the session task, the registry and the hub.
 #[derive(Debug)]
 pub struct SessionInfo {
-    pub connection_id: String,
+    pub connection_id: uuid::Uuid,
     pub client_ip: SocketAddr,
-    pub connect_time: String,
+    /// Unix ms when the connection was accepted.
+    pub connected_ms: i64,
     /// Unix ms of the last frame (of any kind) from the client.
     pub last_seen_ms: AtomicI64,
-    pub subscriptions: Mutex<Vec<Topic>>,
     /// The token's subject, when the session is authenticated.
     pub user: Option<String>,
-    /// Cancelled to make the session close with 1012 (drain).
-    pub stop: CancellationToken,
+    /// Publications queued for the session, and the signals that end it.
+    pub mailbox: Mailbox,
 }
 
 impl SessionInfo {
-    pub fn new(client_ip: SocketAddr, user: Option<String>) -> Self {
+    /// `queue_size`: how many publications may wait for the session (`SLUICE_QUEUE_SIZE`).
+    pub fn new(client_ip: SocketAddr, user: Option<String>, queue_size: usize) -> Self {
+        let now = time_fmt::now_ms();
         SessionInfo {
-            connection_id: uuid::Uuid::new_v4().to_string(),
+            connection_id: uuid::Uuid::new_v4(),
             client_ip,
-            connect_time: time_fmt::now(),
-            last_seen_ms: AtomicI64::new(time_fmt::now_ms()),
-            subscriptions: Mutex::new(Vec::new()),
+            connected_ms: now,
+            last_seen_ms: AtomicI64::new(now),
             user,
-            stop: CancellationToken::new(),
+            mailbox: Mailbox::new(queue_size),
         }
     }
 
@@ -180,8 +199,9 @@ impl SessionInfo {
             .store(time_fmt::now_ms(), Ordering::Relaxed);
     }
 
-    pub fn set_subscriptions(&self, topics: Vec<Topic>) {
-        *self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()) = topics;
+    /// Makes the session close with 1012 (drain).
+    pub fn stop(&self) {
+        self.mailbox.signal(Signal::Stop);
     }
 }
 
@@ -204,6 +224,16 @@ impl SessionRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+    }
+
+    /// Every session with its id.
+    pub fn entries(&self) -> Vec<(SessionId, Arc<SessionInfo>)> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
     }
 
     pub fn snapshot(&self) -> Vec<Arc<SessionInfo>> {

@@ -158,16 +158,17 @@ pub async fn connections(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
+    let mut topics = st.hub.topics_by_session();
     let list: Vec<Value> = st
         .sessions
-        .snapshot()
+        .entries()
         .iter()
-        .map(|s| {
-            let subs = s.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        .map(|(id, s)| {
+            let subs = topics.remove(id).unwrap_or_default();
             json!({
-                "connection_id": s.connection_id,
+                "connection_id": s.connection_id.to_string(),
                 "client_ip": s.client_ip.ip().to_string(),
-                "connect_time": s.connect_time,
+                "connect_time": time_fmt::format_ms(s.connected_ms),
                 "last_heartbeat": time_fmt::format_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed)),
                 "subscriptions": subs,
                 "user": s.user,

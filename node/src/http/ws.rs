@@ -6,26 +6,33 @@
 //! may not read (403), too many connections from the IP (429). Accepted sockets run
 //! as tracked tasks so shutdown can wait for them.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ws::WebSocketUpgrade, ConnectInfo, Path, Query, State},
+    extract::{
+        ws::{WebSocket, WebSocketUpgrade},
+        ConnectInfo, Path, Query, State,
+    },
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
+use futures_util::FutureExt;
 use serde::Deserialize;
 use sluice_common::{protocol::SubscribeEntry, ErrorCode, TopicFilter};
 
 use super::ApiError;
 use crate::{
+    auth::Identity,
     session::{Session, SessionParams},
-    state::{AppState, SessionInfo},
+    state::{Admission, AppState, SessionInfo},
 };
 
-/// tungstenite preallocates its read buffer per socket (128 KiB by default); one
-/// KiB keeps an idle connection small (client frames are small), and the buffer
-/// still grows for a big frame.
-const READ_BUFFER: usize = 1024;
+/// tungstenite preallocates its read buffer per socket (128 KiB by default) and
+/// keeps it for the life of the connection. Client frames are small control frames
+/// (a subscribe is well under 256 bytes), so 256 bytes keeps an idle connection
+/// small; the buffer still grows to fit a bigger frame. It also caps how much one
+/// read takes from the socket, so a rare big frame costs a few more reads.
+const READ_BUFFER: usize = 256;
 /// Frames are flushed explicitly after each burst; no need for a large write buffer.
 const WRITE_BUFFER: usize = 8 * 1024;
 
@@ -206,16 +213,53 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap);
-    ws.on_upgrade(move |socket| {
+    // Everything the session starts with, in one box: axum keeps the callback in the
+    // connection's task for as long as the session runs.
+    let start = Box::new(Start {
+        st,
+        addr,
+        identity,
+        initial,
+        background,
+        admission,
+    });
+    ws.on_upgrade(move |socket| (*start).session(socket))
+}
+
+/// What the upgrade callback needs to start the session.
+struct Start {
+    st: Arc<AppState>,
+    addr: SocketAddr,
+    identity: Option<Identity>,
+    initial: Vec<SubscribeEntry>,
+    background: bool,
+    admission: Admission,
+}
+
+impl Start {
+    /// Registers the session and returns the future it runs as. Built from
+    /// combinators rather than an `async` block, so the session is stored in the
+    /// connection's task once (an `async` block would also keep the moved-from copy).
+    fn session(self, socket: WebSocket) -> impl Future<Output = ()> + Send {
+        let Start {
+            st,
+            addr,
+            identity,
+            initial,
+            background,
+            admission,
+        } = self;
         let id = st.next_session_id();
         let info = Arc::new(SessionInfo::new(
             addr,
             identity.as_ref().map(|i| i.sub.clone()),
+            st.config.queue_size,
         ));
         st.sessions.insert(id, info.clone());
         st.metrics.session_opened();
+        let tracker = st.tracker.clone();
         let session = Session::new(
-            st.clone(),
+            st,
             socket,
             SessionParams {
                 id,
@@ -225,12 +269,26 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
                 identity,
             },
         );
-        let tracker = st.tracker.clone();
-        tracker.track_future(async move {
-            session.run().await;
-            st.sessions.remove(id);
-            drop(admission);
-            st.metrics.session_closed();
-        })
-    })
+        let run = session.run().map(move |_| admission.session_ended(id));
+        tracker.track_future(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        // What each open connection's task holds, besides axum's wrapper: the
+        // socket, the session and its idle loop. Grows per connection if it grows.
+        let size = returned_size(Start::session);
+        println!("session future over a real socket: {size} bytes");
+        assert!(size <= 1024, "the session future is {size} bytes");
+    }
 }

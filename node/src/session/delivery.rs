@@ -8,7 +8,7 @@
 //! outbox itself buffers live publications while a subscribe replays, so the hand-over
 //! from replay to live needs no extra buffer and no lock.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use serde_json::json;
 use sluice_common::{
@@ -37,6 +37,101 @@ pub(crate) struct SubState {
     pending: Option<Pub>,
     /// Batching and compression, as the subscribe asked.
     opts: FrameOptions,
+}
+
+/// A session's subscriptions by topic. Most sessions hold a few, kept in a list
+/// sized to fit (a hash map starts at four slots); past [`Subs::FEW`] they move to a
+/// hash map so lookups per publication stay constant-time.
+#[derive(Debug)]
+pub(crate) enum Subs {
+    Few(Vec<(Topic, SubState)>),
+    Many(HashMap<Topic, SubState>),
+}
+
+impl Default for Subs {
+    fn default() -> Self {
+        Subs::Few(Vec::new())
+    }
+}
+
+impl Subs {
+    const FEW: usize = 8;
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Subs::Few(v) => v.len(),
+            Subs::Many(m) => m.len(),
+        }
+    }
+
+    pub(crate) fn get(&self, topic: &Topic) -> Option<&SubState> {
+        match self {
+            Subs::Few(v) => v.iter().find(|(t, _)| t == topic).map(|(_, s)| s),
+            Subs::Many(m) => m.get(topic),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, topic: &Topic) -> Option<&mut SubState> {
+        match self {
+            Subs::Few(v) => v.iter_mut().find(|(t, _)| t == topic).map(|(_, s)| s),
+            Subs::Many(m) => m.get_mut(topic),
+        }
+    }
+
+    pub(crate) fn contains_key(&self, topic: &Topic) -> bool {
+        self.get(topic).is_some()
+    }
+
+    /// Adds or replaces the subscription of `topic`.
+    pub(crate) fn insert(&mut self, topic: Topic, sub: SubState) {
+        match self {
+            Subs::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|(t, _)| *t == topic) {
+                    slot.1 = sub;
+                } else if v.len() < Self::FEW {
+                    v.reserve_exact(1);
+                    v.push((topic, sub));
+                } else {
+                    let mut m: HashMap<Topic, SubState> = std::mem::take(v).into_iter().collect();
+                    m.insert(topic, sub);
+                    *self = Subs::Many(m);
+                }
+            }
+            Subs::Many(m) => {
+                m.insert(topic, sub);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, topic: &Topic) -> Option<SubState> {
+        match self {
+            Subs::Few(v) => {
+                let i = v.iter().position(|(t, _)| t == topic)?;
+                let (_, sub) = v.swap_remove(i);
+                if v.is_empty() {
+                    *v = Vec::new();
+                }
+                Some(sub)
+            }
+            Subs::Many(m) => m.remove(topic),
+        }
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Topic> {
+        let (few, many) = match self {
+            Subs::Few(v) => (Some(v.iter().map(|(t, _)| t)), None),
+            Subs::Many(m) => (None, Some(m.keys())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut SubState> {
+        let (few, many) = match self {
+            Subs::Few(v) => (Some(v.iter_mut().map(|(_, s)| s)), None),
+            Subs::Many(m) => (None, Some(m.values_mut())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
 }
 
 fn broker_failure(e: BrokerError) -> SessionEnd {
@@ -119,7 +214,7 @@ where
 
         // Join the hub first: every publication from now on queues in the outbox, so
         // whatever the replay below does not cover arrives live.
-        self.state.hub.join(&topic, self.id, self.handle.clone());
+        let (topic, _) = self.state.hub.join(&topic, self.id, self.info.clone());
         self.subs.insert(
             topic.clone(),
             SubState {
@@ -127,7 +222,6 @@ where
                 ..SubState::default()
             },
         );
-        self.publish_subscriptions();
         let state = match self.state.broker.follow(&topic).await {
             Ok(()) => self.state.broker.state(&topic).await,
             Err(e) => Err(e),
@@ -136,7 +230,6 @@ where
             Ok(s) => s,
             Err(e) => {
                 self.unsubscribe(&topic);
-                self.publish_subscriptions();
                 let msg = format!("could not subscribe: {e}");
                 return self
                     .send_error(
@@ -237,7 +330,6 @@ where
         for t in topics {
             self.unsubscribe(&t);
         }
-        self.publish_subscriptions();
     }
 
     /// A publication from the hub.
@@ -357,5 +449,43 @@ where
             self.deliver(&p).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(i: usize) -> Topic {
+        Topic::parse(&format!("t.{i}")).expect("topic")
+    }
+
+    #[test]
+    fn subs_behave_as_a_map_below_and_above_the_few() {
+        let mut subs = Subs::default();
+        for i in 0..20 {
+            subs.insert(topic(i), SubState::default());
+            subs.insert(topic(i), SubState::default());
+            assert_eq!(subs.len(), i + 1);
+            assert!(matches!(subs, Subs::Few(_)) == (i < Subs::FEW));
+        }
+        for i in 0..20 {
+            assert!(subs.contains_key(&topic(i)));
+            subs.get_mut(&topic(i)).expect("present").last_seq = i as u64;
+        }
+        assert_eq!(subs.get(&topic(7)).map(|s| s.last_seq), Some(7));
+        assert_eq!(subs.keys().count(), 20);
+        assert_eq!(subs.values_mut().map(|s| s.last_seq).sum::<u64>(), 190);
+        assert!(subs.remove(&topic(3)).is_some());
+        assert!(subs.remove(&topic(3)).is_none());
+        assert!(!subs.contains_key(&topic(3)));
+        assert_eq!(subs.len(), 19);
+
+        let mut few = Subs::default();
+        few.insert(topic(1), SubState::default());
+        few.insert(topic(2), SubState::default());
+        assert!(few.remove(&topic(1)).is_some());
+        assert_eq!(few.keys().collect::<Vec<_>>(), [&topic(2)]);
+        assert!(few.get(&topic(1)).is_none());
     }
 }

@@ -9,11 +9,13 @@ mod actor;
 mod actor_tests;
 mod delivery;
 mod limits;
+mod mailbox;
 mod outbound;
 
 use sluice_common::CloseCode;
 
 pub use actor::{Session, SessionParams};
+pub use mailbox::{Mailbox, Refused, Signal};
 
 /// Why a session ended; [`SessionEnd::close`] is the one place mapping that to a
 /// close code and reason.

@@ -18,7 +18,7 @@ pub const COMPRESS_OVER: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FrameOptions {
     /// Envelopes per frame at most; 1 means no batching.
-    pub batch: usize,
+    pub batch: u32,
     pub compress: bool,
 }
 
@@ -67,7 +67,7 @@ impl Batcher {
             return;
         }
         self.items.push(p.frame.clone());
-        if self.items.len() >= opts.batch {
+        if self.items.len() >= opts.batch as usize {
             out.extend(self.take());
         }
     }

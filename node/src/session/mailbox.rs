@@ -1,0 +1,222 @@
+//! A session's mailbox: the bounded queue of publications the hub fills and the
+//! session task drains, and the signals that end the session (drain, slow consumer,
+//! kill), all behind one waker.
+//!
+//! It lives inside [`SessionInfo`](crate::state::SessionInfo), so one allocation
+//! holds everything other tasks reach of a session. An idle session's queue holds no
+//! buffer at all: the buffer is allocated by the first publication and given back
+//! once a burst has been drained.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Mutex,
+    },
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+
+use crate::broker::Pub;
+
+/// Why others want a session to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The node is draining: close with 1012.
+    Stop = 1,
+    /// The node was killed (tests simulating a crash): drop the socket.
+    Killed = 2,
+    /// The outbox filled: close with 4008.
+    Slow = 4,
+}
+
+impl Signal {
+    /// In the order the session acts on them when several are raised.
+    pub(crate) const ALL: [Signal; 3] = [Signal::Stop, Signal::Killed, Signal::Slow];
+}
+
+/// Why [`Mailbox::try_send`] refused a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds its capacity already.
+    Full,
+    /// The session is gone.
+    Closed,
+}
+
+/// A queue that has drained keeps at most this many slots; a longer one is freed.
+const KEEP_SLOTS: usize = 8;
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Pub>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    capacity: usize,
+    signals: AtomicU8,
+    /// The session task, woken by a publication or a signal.
+    waker: AtomicWaker,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize) -> Self {
+        Mailbox {
+            queue: Mutex::new(Queue::default()),
+            capacity: capacity.max(1),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `p` for the session without waiting.
+    pub fn try_send(&self, p: &Pub) -> Result<(), Refused> {
+        {
+            let mut q = self.queue();
+            if q.closed {
+                return Err(Refused::Closed);
+            }
+            if q.items.len() >= self.capacity {
+                return Err(Refused::Full);
+            }
+            q.items.push_back(p.clone());
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Raises `signal`; the session acts on it at its next wake-up.
+    pub fn signal(&self, signal: Signal) {
+        self.signals.fetch_or(signal as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    pub fn is_signalled(&self, signal: Signal) -> bool {
+        self.signals.load(Ordering::Acquire) & signal as u8 != 0
+    }
+
+    /// Registers the task to be woken, then returns the first raised signal among
+    /// `wanted`, in [`Signal::ALL`] order.
+    pub fn poll_signal(&self, cx: &mut Context<'_>, wanted: &[Signal]) -> Option<Signal> {
+        self.waker.register(cx.waker());
+        let raised = self.signals.load(Ordering::Acquire);
+        Signal::ALL
+            .into_iter()
+            .find(|s| raised & *s as u8 != 0 && wanted.contains(s))
+    }
+
+    /// The next queued publication, if any.
+    pub fn try_recv(&self) -> Option<Pub> {
+        let mut q = self.queue();
+        let p = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+            // A burst is over: an idle session keeps no queue buffer.
+            q.items = VecDeque::new();
+        }
+        p
+    }
+
+    /// Like [`Self::try_recv`], registering the task to be woken by the next one.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Pub> {
+        // Registered before looking: a publication queued after the look wakes us.
+        self.waker.register(cx.waker());
+        match self.try_recv() {
+            Some(p) => Poll::Ready(p),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The session is gone: refuse publications from now on and drop the queued ones.
+    pub fn close(&self) {
+        let items = {
+            let mut q = self.queue();
+            q.closed = true;
+            std::mem::take(&mut q.items)
+        };
+        drop(items);
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, task::Wake};
+
+    use sluice_common::{protocol::FrameType, Topic};
+
+    use super::*;
+    use crate::broker::Publication;
+
+    fn publication(seq: u64) -> Pub {
+        let t = Topic::parse("t").expect("topic");
+        Publication::new(t, seq, "e".into(), FrameType::Delta, 0, "{}")
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn bounded_in_order_and_closed_for_good() {
+        let m = Mailbox::new(2);
+        assert_eq!(m.try_send(&publication(1)), Ok(()));
+        assert_eq!(m.try_send(&publication(2)), Ok(()));
+        assert_eq!(m.try_send(&publication(3)), Err(Refused::Full));
+        assert_eq!(m.try_recv().map(|p| p.seq), Some(1));
+        assert_eq!(m.try_send(&publication(3)), Ok(()));
+        assert_eq!(m.len(), 2);
+        m.close();
+        assert!(m.is_empty());
+        assert_eq!(m.try_send(&publication(4)), Err(Refused::Closed));
+        assert!(m.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_buffer_back() {
+        let m = Mailbox::new(1024);
+        for seq in 1..=100 {
+            m.try_send(&publication(seq)).expect("room");
+        }
+        while m.try_recv().is_some() {}
+        assert_eq!(m.queue().items.capacity(), 0);
+    }
+
+    #[test]
+    fn publications_and_signals_wake_the_registered_task() {
+        let m = Mailbox::new(4);
+        let count = Arc::new(Count(0.into()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(m.poll_recv(&mut cx).is_pending());
+        m.try_send(&publication(1)).expect("room");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(m.poll_recv(&mut cx).map(|p| p.seq), Poll::Ready(1));
+
+        assert_eq!(m.poll_signal(&mut cx, &Signal::ALL), None);
+        m.signal(Signal::Slow);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        m.signal(Signal::Stop);
+        assert_eq!(m.poll_signal(&mut cx, &Signal::ALL), Some(Signal::Stop));
+        assert_eq!(m.poll_signal(&mut cx, &[Signal::Slow]), Some(Signal::Slow));
+        assert_eq!(m.poll_signal(&mut cx, &[Signal::Killed]), None);
+        assert!(m.is_signalled(Signal::Slow));
+    }
+}
