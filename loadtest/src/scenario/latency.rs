@@ -79,10 +79,16 @@ pub async fn run(cfg: &RunConfig, opt: LatencyOptions) -> anyhow::Result<Report>
                     .report;
                 let ok = sustained(&r, fanout, opt.p99_bound_ms);
                 eprintln!(
-                    "step {rate:.0}/s: {:.0} deliveries/s, p99 {:.2} ms, lost {} -> {}",
+                    "step {rate:.0}/s: {:.0} deliveries/s, p99 {:.2} ms, lost {}, errors: connect {} publish {}{} -> {}",
                     r.deliveries_per_sec,
                     r.latency_ms.p99,
                     r.lost,
+                    r.connect_errors,
+                    r.publish_errors,
+                    r.first_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
                     if ok { "sustained" } else { "not sustained" }
                 );
                 points.push(point(&r, ok));
@@ -91,11 +97,9 @@ pub async fn run(cfg: &RunConfig, opt: LatencyOptions) -> anyhow::Result<Report>
                 } else {
                     bad = Some(rate);
                 }
-                rate = match bad {
-                    None => rate * 2.0,
-                    // Bisect until the bracket is within 10 %.
-                    Some(b) if b - good > 0.1 * good && good > 0.0 => (good + b) / 2.0,
-                    Some(_) => break,
+                rate = match next_rate(good, bad) {
+                    Some(r) => r,
+                    None => break,
                 };
             }
             anyhow::ensure!(
@@ -128,6 +132,17 @@ pub async fn run(cfg: &RunConfig, opt: LatencyOptions) -> anyhow::Result<Report>
     Ok(report)
 }
 
+/// The next rate of the search: doubling while every step is sustained, halving
+/// while none is, then bisecting until the bracket is within 10 %; `None` when done.
+pub fn next_rate(good: f64, bad: Option<f64>) -> Option<f64> {
+    match bad {
+        None => Some(good * 2.0),
+        Some(b) if good == 0.0 => (b / 2.0 >= 1.0).then_some(b / 2.0),
+        Some(b) if b - good > 0.1 * good => Some((good + b) / 2.0),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +159,18 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_search_doubles_halves_then_bisects() {
+        assert_eq!(next_rate(100.0, None), Some(200.0));
+        // First step already too much: go down.
+        assert_eq!(next_rate(0.0, Some(25.0)), Some(12.5));
+        assert_eq!(next_rate(0.0, Some(1.5)), None, "below 1 msg/s: give up");
+        // Bracketed: bisect until within 10 %.
+        assert_eq!(next_rate(400.0, Some(800.0)), Some(600.0));
+        assert_eq!(next_rate(600.0, Some(700.0)), Some(650.0));
+        assert_eq!(next_rate(600.0, Some(650.0)), None, "within 10 %: done");
     }
 
     #[test]

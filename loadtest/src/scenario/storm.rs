@@ -208,7 +208,9 @@ async fn watch_recovery(
             .filter(|h| h.load(Relaxed) >= head)
             .count();
         if let Ok(mut o) = out.lock() {
-            if o.0.is_none() && lost > 0 && back >= lost {
+            // Every subscriber lost its connection (a drain spreads that over
+            // SLUICE_DRAIN_SECONDS) and every one of them is back.
+            if o.0.is_none() && lost >= subscribers as u64 && back >= lost {
                 o.0 = Some(at.elapsed());
             }
             if o.1.is_none() && caught >= subscribers && o.0.is_some() {
