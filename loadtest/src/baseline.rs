@@ -21,7 +21,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::ws::{accept_key, server_header, unmask};
+use crate::ws::{accept_key, payload_length, server_header, unmask};
 
 type Subscribers = Arc<RwLock<HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>>>;
 
@@ -214,19 +214,9 @@ pub fn parse_client_frame(buf: &mut BytesMut) -> anyhow::Result<Option<(u8, Byte
     if buf[1] & 0x80 == 0 {
         bail!("client frames must be masked");
     }
-    let (len, hdr) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-        127 if buf.len() >= 10 => {
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&buf[2..10]);
-            (usize::try_from(u64::from_be_bytes(n))?, 10)
-        }
-        126 | 127 => return Ok(None),
-        n => (usize::from(n), 2),
+    let Some((len, hdr)) = payload_length(buf)? else {
+        return Ok(None);
     };
-    if len > 16 << 20 {
-        bail!("frame too large");
-    }
     if buf.len() < hdr + 4 + len {
         return Ok(None);
     }

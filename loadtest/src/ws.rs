@@ -221,17 +221,9 @@ impl WsConn {
             other => bail!("unknown opcode {other:#x}"),
         };
         ensure!(b[1] & 0x80 == 0, "server frames must not be masked");
-        let (len, hdr) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (usize::try_from(u64::from_be_bytes(n))?, 10)
-            }
-            126 | 127 => return Ok(None),
-            n => (usize::from(n), 2),
+        let Some((len, hdr)) = payload_length(b)? else {
+            return Ok(None);
         };
-        ensure!(len <= MAX_MESSAGE, "frame of {len} bytes is too large");
         if b.len() < hdr + len {
             if self.buf.capacity() < hdr + len {
                 self.buf.reserve(hdr + len - self.buf.len());
@@ -294,6 +286,27 @@ impl WsConn {
     }
 }
 
+/// A frame's payload length and where its payload (or, for a masked frame, its
+/// masking key) starts, from the first bytes of `b`; `None` until the length bytes
+/// are all there (RFC 6455 §5.2: 7 bits, or 16 or 64 more).
+pub fn payload_length(b: &[u8]) -> anyhow::Result<Option<(usize, usize)>> {
+    let Some(&second) = b.get(1) else {
+        return Ok(None);
+    };
+    let (len, hdr) = match second & 0x7f {
+        126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            (usize::try_from(u64::from_be_bytes(n))?, 10)
+        }
+        126 | 127 => return Ok(None),
+        n => (usize::from(n), 2),
+    };
+    ensure!(len <= MAX_MESSAGE, "frame of {len} bytes is too large");
+    Ok(Some((len, hdr)))
+}
+
 /// Per-connection seed for the key and masks: the local port and the clock.
 fn rand_seed(stream: &TcpStream) -> u64 {
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -349,6 +362,24 @@ mod tests {
         assert_eq!(WsUrl::parse("ws://127.0.0.1:9").expect("parses").path, "/");
         assert!(WsUrl::parse("http://127.0.0.1:8080/ws").is_err());
         assert!(WsUrl::parse("ws://nohostport/ws").is_err());
+    }
+
+    #[test]
+    fn payload_lengths_of_all_three_encodings() {
+        for len in [0usize, 125, 126, 65_535, 70_000] {
+            let h = server_header(len);
+            assert_eq!(
+                payload_length(&h).expect("valid"),
+                Some((len, h.len())),
+                "{len}"
+            );
+            // A header cut short waits for more bytes.
+            assert_eq!(payload_length(&h[..h.len() - 1]).expect("valid"), None);
+        }
+        let mut huge = vec![0x81, 127];
+        huge.extend_from_slice(&(u64::MAX).to_be_bytes());
+        assert!(payload_length(&huge).is_err(), "over the cap");
+        assert_eq!(payload_length(&[0x81]).expect("valid"), None);
     }
 
     #[test]

@@ -85,14 +85,7 @@ pub async fn xadd_cost_us(url: &str, n: u64) -> anyhow::Result<f64> {
         .await
         .context("connecting to Redis for the XADD calibration")?;
     let key = format!("sluice-loadtest:xadd:{}", run_id());
-    let body = crate::payload::build(
-        crate::payload::Stamp {
-            topic: 0,
-            seq: 1,
-            sent_ns: 0,
-        },
-        64,
-    );
+    let body = calibration_payload();
     let cap = XCap::try_from(("MAXLEN", "~", 1000))?;
     let before = redis_cpu(&client).await.context("INFO cpu")?;
     let t = Instant::now();
@@ -124,14 +117,7 @@ pub async fn fcall_cost_us(url: &str, n: u64) -> anyhow::Result<f64> {
         .await
         .context("connecting to Redis for the FCALL calibration")?;
     let id = run_id();
-    let body = crate::payload::build(
-        crate::payload::Stamp {
-            topic: 0,
-            seq: 1,
-            sent_ns: 0,
-        },
-        64,
-    );
+    let body = calibration_payload();
     let before = redis_cpu(&client).await.context("INFO cpu")?;
     for chunk in 0..n.div_ceil(100) {
         let calls = (0..100.min(n - chunk * 100)).map(|i| {
@@ -155,4 +141,16 @@ pub async fn fcall_cost_us(url: &str, n: u64) -> anyhow::Result<f64> {
     let per = (after - before) * 1e6 / n as f64;
     eprintln!("calibration: {n} FCALL sluice_publish on unread topics, Redis CPU {per:.1} us each");
     Ok(per)
+}
+
+/// The 64-byte payload the calibrations write.
+fn calibration_payload() -> String {
+    crate::payload::build(
+        crate::payload::Stamp {
+            topic: 0,
+            seq: 1,
+            sent_ns: 0,
+        },
+        64,
+    )
 }
