@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use crate::net::Cidr;
+
 pub const BIND: &str = "SLUICE_BIND";
 pub const REDIS_URL: &str = "REDIS_URL";
 pub const NODE_ID: &str = "SLUICE_NODE_ID";
@@ -36,6 +38,10 @@ pub const SUBSCRIBE_LIMITS: &str = "SLUICE_SUBSCRIBE_LIMITS";
 pub const CONFLATE_MS: &str = "SLUICE_CONFLATE_MS";
 pub const ADVERTISE_ADDR: &str = "SLUICE_ADVERTISE_ADDR";
 pub const REGISTRY_TTL: &str = "SLUICE_REGISTRY_TTL";
+pub const MAX_TOPICS: &str = "SLUICE_MAX_TOPICS";
+pub const HANDSHAKE_TIMEOUT: &str = "SLUICE_HANDSHAKE_TIMEOUT";
+pub const PROXY_PROTOCOL: &str = "SLUICE_PROXY_PROTOCOL";
+pub const TRUSTED_PROXIES: &str = "SLUICE_TRUSTED_PROXIES";
 
 /// The default subscribe-rate table: per topic class, burst / refill per minute.
 pub const DEFAULT_SUBSCRIBE_LIMITS: &str =
@@ -152,6 +158,26 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "15",
         "seconds a node's registry record lives without a refresh (refreshed every third of it)",
     ),
+    (
+        MAX_TOPICS,
+        "100000",
+        "distinct topics this node follows at once (TOO_MANY_SUBSCRIPTIONS beyond)",
+    ),
+    (
+        HANDSHAKE_TIMEOUT,
+        "10",
+        "seconds a new TCP connection has to send its HTTP request; then it is closed",
+    ),
+    (
+        PROXY_PROTOCOL,
+        "off",
+        "on: every connection starts with a PROXY v1/v2 header giving the client's address",
+    ),
+    (
+        TRUSTED_PROXIES,
+        "(none)",
+        "comma-separated CIDRs whose X-Forwarded-For is believed",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +227,14 @@ pub struct Config {
     pub conflate: Duration,
     pub advertise_addr: String,
     pub registry_ttl: Duration,
+    /// Distinct topics the node follows at once (`SLUICE_MAX_TOPICS`).
+    pub max_topics: usize,
+    /// Time a TCP connection has to complete its HTTP request.
+    pub handshake_timeout: Duration,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Subscribe-rate limits per topic class.
@@ -399,6 +433,20 @@ impl Config {
             .get(ADVERTISE_ADDR)
             .unwrap_or_else(|| format!("{node_id}:{}", bind.port()));
         let registry_ttl = Duration::from_secs(p.int(REGISTRY_TTL, 15, 3, 3600) as u64);
+        let max_topics = p.int(MAX_TOPICS, 100_000, 1, 100_000_000);
+        let handshake_timeout = Duration::from_secs(p.int(HANDSHAKE_TIMEOUT, 10, 1, 3600) as u64);
+        let proxy_protocol = p.parse(PROXY_PROTOCOL, false, |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err("expected 'on' or 'off'".into()),
+        });
+        let trusted_proxies = p.parse(TRUSTED_PROXIES, Vec::new(), |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| c.parse::<Cidr>().map_err(|e| format!("{c:?}: {e}")))
+                .collect()
+        });
         if !p.errors.is_empty() {
             return Err(ConfigError(p.errors));
         }
@@ -430,6 +478,10 @@ impl Config {
             conflate,
             advertise_addr,
             registry_ttl,
+            max_topics,
+            handshake_timeout,
+            proxy_protocol,
+            trusted_proxies,
         })
     }
 
@@ -585,6 +637,41 @@ mod tests {
         assert_eq!(c.queue_size, 1024);
         assert_eq!(c.max_message_bytes, 65_536);
         assert!(!c.node_id.is_empty());
+        assert_eq!(c.max_topics, 100_000);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert!(!c.proxy_protocol);
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn edge_settings_parse_and_bad_ones_are_named() {
+        let c = with(&[
+            (PROXY_PROTOCOL, "on"),
+            (TRUSTED_PROXIES, "10.0.0.0/8, 127.0.0.1,::1/128"),
+            (HANDSHAKE_TIMEOUT, "3"),
+            (MAX_TOPICS, "50"),
+        ])
+        .unwrap();
+        assert!(c.proxy_protocol);
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_topics, 50);
+        let err = with(&[
+            (PROXY_PROTOCOL, "yes"),
+            (TRUSTED_PROXIES, "10.0.0.0/33"),
+            (HANDSHAKE_TIMEOUT, "0"),
+            (MAX_TOPICS, "none"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        for var in [
+            PROXY_PROTOCOL,
+            TRUSTED_PROXIES,
+            HANDSHAKE_TIMEOUT,
+            MAX_TOPICS,
+        ] {
+            assert!(err.0.iter().any(|l| l.starts_with(var)), "{var} in {err}");
+        }
     }
 
     #[test]

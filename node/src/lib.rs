@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod net;
 pub mod registry;
 pub mod session;
 pub mod state;
