@@ -12,6 +12,11 @@ use crate::{error_code::ErrorCode, time_fmt, topic::TopicFilter};
 /// Largest `batch_size` a subscription may ask for.
 pub const MAX_BATCH_SIZE: u32 = 1000;
 
+/// Most topic entries one `subscribe` may expand to when the caller gives no bound
+/// of its own ([`ClientFrame::parse`]); the node passes its per-connection limit to
+/// [`ClientFrame::parse_bounded`].
+pub const MAX_SUBSCRIBE_ENTRIES: usize = 1_000_000;
+
 /// A frame from a client, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
@@ -62,6 +67,10 @@ pub struct FrameError {
     pub message: String,
     pub details: Option<Value>,
     pub correlation_id: Option<Value>,
+    /// Topic entries the frame asked for and was refused as a whole (a `subscribe`
+    /// over the entry bound); 0 for a frame that is merely malformed. The node counts
+    /// them as rate-limit strikes.
+    pub refused_entries: u64,
 }
 
 impl FrameError {
@@ -71,6 +80,7 @@ impl FrameError {
             message: message.into(),
             details: None,
             correlation_id: None,
+            refused_entries: 0,
         }
     }
 
@@ -88,21 +98,33 @@ fn invalid(message: impl Into<String>) -> FrameError {
 }
 
 impl ClientFrame {
-    /// Parses one text frame from a client.
+    /// Parses one text frame from a client, with the default entry bound.
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        Self::parse_bounded(text, MAX_SUBSCRIBE_ENTRIES)
+    }
+
+    /// Parses one text frame from a client. A `subscribe` whose `topics` ×
+    /// `subtopics` expansion would give more than `max_entries` entries is refused
+    /// with `TOO_MANY_SUBSCRIPTIONS` before any entry is built: the product is
+    /// computed from the two array lengths, so a 48 KB frame asking for 3000 × 3000
+    /// topics costs nothing but its JSON.
+    pub fn parse_bounded(text: &str, max_entries: usize) -> Result<ClientFrame, FrameError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| invalid(format!("frame is not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(invalid("frame must be a JSON object"));
         };
         let correlation_id = obj.get("correlation_id").cloned().filter(|v| !v.is_null());
-        Self::from_object(&obj).map_err(|mut e| {
+        Self::from_object(&obj, max_entries).map_err(|mut e| {
             e.correlation_id = correlation_id.clone();
             e
         })
     }
 
-    fn from_object(obj: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
+    fn from_object(
+        obj: &Map<String, Value>,
+        max_entries: usize,
+    ) -> Result<ClientFrame, FrameError> {
         let correlation_id = match obj.get("correlation_id") {
             None | Some(Value::Null) => None,
             Some(v @ (Value::String(_) | Value::Number(_))) => Some(v.clone()),
@@ -117,6 +139,7 @@ impl ClientFrame {
             "subscribe" => Ok(ClientFrame::Subscribe(parse_subscribe(
                 obj,
                 correlation_id,
+                max_entries,
             )?)),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe {
                 topics: topic_list(obj)?
@@ -216,10 +239,32 @@ fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, F
     }
 }
 
+/// How many entries a `subscribe` expands to, from its array lengths alone.
+fn requested_entries(obj: &Map<String, Value>) -> u64 {
+    let len = |k: &str| match obj.get(k) {
+        Some(Value::Array(a)) => a.len() as u64,
+        _ => 0,
+    };
+    let topics = len("topics") + u64::from(matches!(obj.get("topic"), Some(Value::String(_))));
+    topics.saturating_mul(len("subtopics").max(1))
+}
+
 fn parse_subscribe(
     obj: &Map<String, Value>,
     correlation_id: Option<Value>,
+    max_entries: usize,
 ) -> Result<Subscribe, FrameError> {
+    let requested = requested_entries(obj);
+    if requested > max_entries as u64 {
+        return Err(FrameError {
+            details: Some(serde_json::json!({ "requested": requested, "limit": max_entries })),
+            refused_entries: requested,
+            ..FrameError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("this subscribe asks for {requested} topics; the connection may hold {max_entries}"),
+            )
+        });
+    }
     let shared_resume = opt_u64(obj, "resume_from_seq")?;
     let shared_epoch = opt_string(obj, "epoch")?;
     let batch_size = match opt_u64(obj, "batch_size")? {
@@ -245,7 +290,8 @@ fn parse_subscribe(
             .ok_or_else(|| invalid("field 'subtopics' must be an array of strings"))?,
         Some(_) => return Err(invalid("field 'subtopics' must be an array of strings")),
     };
-    let mut entries = Vec::new();
+    let mut entries: Vec<SubscribeEntry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (name, opts) in topic_list(obj)? {
         let (resume, epoch) = match &opts {
             Some(o) => (opt_u64(o, "resume_from_seq")?, opt_string(o, "epoch")?),
@@ -269,11 +315,14 @@ fn parse_subscribe(
                     )
                 });
             }
-            entries.push(SubscribeEntry {
-                filter,
-                resume_from_seq: resume,
-                epoch: epoch.clone(),
-            });
+            // A topic named twice in one frame is subscribed once, as first asked.
+            if seen.insert(n) {
+                entries.push(SubscribeEntry {
+                    filter,
+                    resume_from_seq: resume,
+                    epoch: epoch.clone(),
+                });
+            }
         }
     }
     Ok(Subscribe {

@@ -38,7 +38,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let auth = crate::auth::Authenticator::from_config(&config)
         .map_err(|e| anyhow::anyhow!("JWT key: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(metrics.clone(), config.max_topics));
     let mut background = Vec::new();
     let broker: Arc<dyn Broker> = match &config.redis_url {
         None => {

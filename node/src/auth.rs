@@ -69,6 +69,26 @@ impl Identity {
     }
 }
 
+/// Whether `topic` is in a private family (`trading.{user}`, `portfolio.{user}`,
+/// `risk.{user}…`, `mobile.{user}`).
+pub fn is_private(topic: &Topic) -> bool {
+    topic
+        .segments()
+        .next()
+        .is_some_and(|family| PRIVATE_FAMILIES.contains(&family))
+}
+
+/// Whether a session may read `topic`: with a token, as the token allows; with auth
+/// off (no identity), every topic but the private families, which only their owner
+/// (or an admin) may read — so a gateway run without auth never serves one user's
+/// orders to another.
+pub fn may_read(identity: Option<&Identity>, topic: &Topic) -> bool {
+    match identity {
+        Some(id) => id.may_read(topic),
+        None => !is_private(topic),
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

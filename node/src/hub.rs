@@ -29,28 +29,45 @@ pub type SessionHandle = Arc<SessionInfo>;
 pub struct Hub {
     topics: RwLock<HashMap<Topic, HashMap<SessionId, SessionHandle>>>,
     metrics: Arc<Metrics>,
+    /// Distinct topics this node follows at most (`SLUICE_MAX_TOPICS`): each one
+    /// costs a cursor in a reader group and a key in every sweep of Redis.
+    max_topics: usize,
 }
 
+/// The node already follows `SLUICE_MAX_TOPICS` topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimit;
+
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, max_topics: usize) -> Self {
         Hub {
             topics: RwLock::new(HashMap::new()),
             metrics,
+            max_topics,
         }
     }
 
     /// Adds a subscriber. Returns the hub's copy of the topic name, for the session to
     /// keep instead of its own (one allocation per topic, not per subscription), and
-    /// whether this is the topic's first local subscriber.
-    pub fn join(&self, topic: &Topic, id: SessionId, handle: SessionHandle) -> (Topic, bool) {
+    /// whether this is the topic's first local subscriber. A topic the node does not
+    /// follow yet is refused once it follows `max_topics`.
+    pub fn join(
+        &self,
+        topic: &Topic,
+        id: SessionId,
+        handle: SessionHandle,
+    ) -> Result<(Topic, bool), TopicLimit> {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if !topics.contains_key(topic) && topics.len() >= self.max_topics {
+            return Err(TopicLimit);
+        }
         let shared = topics
             .get_key_value(topic)
             .map_or_else(|| topic.clone(), |(t, _)| t.clone());
         let subs = topics.entry(shared.clone()).or_default();
         subs.insert(id, handle);
         let first = subs.len() == 1;
-        (shared, first)
+        Ok((shared, first))
     }
 
     /// Removes a subscriber. Returns true when the topic has no local subscriber left.
@@ -144,14 +161,14 @@ mod tests {
 
     #[test]
     fn fans_out_to_each_subscriber_of_the_topic_only() {
-        let hub = Hub::new(Arc::new(Metrics::new()));
+        let hub = Hub::new(Arc::new(Metrics::new()), 100);
         let (a, b) = (Topic::parse("a").unwrap(), Topic::parse("b").unwrap());
         let (h1, h2) = (handle(8), handle(8));
-        assert!(hub.join(&a, 1, h1.clone()).1);
-        let (shared, first) = hub.join(&Topic::parse("a").unwrap(), 2, h2.clone());
+        assert!(hub.join(&a, 1, h1.clone()).unwrap().1);
+        let (shared, first) = hub.join(&Topic::parse("a").unwrap(), 2, h2.clone()).unwrap();
         assert!(!first);
         assert_eq!(shared, a);
-        assert!(hub.join(&b, 2, h2.clone()).1);
+        assert!(hub.join(&b, 2, h2.clone()).unwrap().1);
         let by_session = hub.topics_by_session();
         assert_eq!(by_session[&1], std::slice::from_ref(&a));
         assert_eq!(by_session[&2].len(), 2);
@@ -169,10 +186,10 @@ mod tests {
 
     #[test]
     fn a_full_mailbox_flags_the_session_slow_without_blocking() {
-        let hub = Hub::new(Arc::new(Metrics::new()));
+        let hub = Hub::new(Arc::new(Metrics::new()), 100);
         let t = Topic::parse("t").unwrap();
         let h = handle(2);
-        hub.join(&t, 1, h.clone());
+        hub.join(&t, 1, h.clone()).unwrap();
         assert_eq!(hub.broadcast(&publication(&t, 1)), 1);
         assert_eq!(hub.broadcast(&publication(&t, 2)), 1);
         assert!(!h.mailbox.is_signalled(Signal::Slow));
@@ -181,11 +198,25 @@ mod tests {
     }
 
     #[test]
+    fn topics_beyond_the_node_limit_are_refused_but_joining_a_followed_one_is_not() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 2);
+        let t = |n: &str| Topic::parse(n).unwrap();
+        let h = handle(2);
+        assert!(hub.join(&t("a"), 1, h.clone()).is_ok());
+        assert!(hub.join(&t("b"), 1, h.clone()).is_ok());
+        assert_eq!(hub.join(&t("c"), 1, h.clone()), Err(TopicLimit));
+        assert!(hub.join(&t("a"), 2, h.clone()).is_ok(), "a is followed already");
+        assert!(hub.leave(&t("b"), 1));
+        assert_eq!(hub.topic_count(), 1);
+        assert!(hub.join(&t("c"), 1, h).is_ok(), "room again after b emptied");
+    }
+
+    #[test]
     fn a_closed_mailbox_is_deregistered() {
-        let hub = Hub::new(Arc::new(Metrics::new()));
+        let hub = Hub::new(Arc::new(Metrics::new()), 100);
         let t = Topic::parse("t").unwrap();
         let h = handle(2);
-        hub.join(&t, 1, h.clone());
+        hub.join(&t, 1, h.clone()).unwrap();
         h.mailbox.close();
         assert_eq!(hub.broadcast(&publication(&t, 1)), 0);
         assert!(!hub.has_subscribers("t"));

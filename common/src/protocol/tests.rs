@@ -115,6 +115,46 @@ fn subscribe_accepts_topic_topics_objects_and_subtopics() {
 }
 
 #[test]
+fn an_expansion_over_the_bound_is_refused_before_it_is_built() {
+    // 3000 topics × 3000 subtopics: 48 KB of JSON asking for 9 million entries.
+    let topics: Vec<String> = (0..3000).map(|i| format!("t{i}")).collect();
+    let subs: Vec<String> = (0..3000).map(|i| format!("s{i}")).collect();
+    let text = json!({"type":"subscribe","topics":topics,"subtopics":subs,"correlation_id":"c"})
+        .to_string();
+    assert!(text.len() < 64 * 1024, "{}", text.len());
+    let started = std::time::Instant::now();
+    let e = ClientFrame::parse_bounded(&text, 1000).unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManySubscriptions);
+    assert_eq!(e.refused_entries, 9_000_000);
+    assert_eq!(e.correlation_id, Some(json!("c")));
+    assert_eq!(e.details, Some(json!({"requested": 9_000_000u64, "limit": 1000})));
+    // Nothing was expanded: far below the seconds 9 million strings would take.
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Exactly at the bound is fine; one over is not.
+    let ok = json!({"type":"subscribe","topic":"p","subtopics":["a","b","c"]}).to_string();
+    assert!(ClientFrame::parse_bounded(&ok, 3).is_ok());
+    assert_eq!(
+        ClientFrame::parse_bounded(&ok, 2).unwrap_err().refused_entries,
+        3
+    );
+    // A malformed frame refuses no entries.
+    assert_eq!(ClientFrame::parse("{").unwrap_err().refused_entries, 0);
+}
+
+#[test]
+fn a_topic_named_twice_in_one_frame_is_one_entry() {
+    let ClientFrame::Subscribe(s) = ClientFrame::parse(
+        r#"{"type":"subscribe","topics":["a",{"topic":"a","resume_from_seq":9},"b","a"]}"#,
+    )
+    .unwrap() else {
+        panic!("not a subscribe")
+    };
+    let names: Vec<String> = s.entries.iter().map(|e| e.filter.to_string()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(s.entries[0].resume_from_seq, None, "the first mention wins");
+}
+
+#[test]
 fn ping_keeps_its_echo_fields() {
     assert_eq!(
         ClientFrame::parse(r#"{"type":"ping","correlation_id":"x","ts":123}"#).unwrap(),

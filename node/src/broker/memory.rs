@@ -257,7 +257,7 @@ mod tests {
 
     fn broker(size: usize) -> MemoryBroker {
         MemoryBroker::new(
-            Arc::new(Hub::new(Arc::new(Metrics::new()))),
+            Arc::new(Hub::new(Arc::new(Metrics::new()), usize::MAX)),
             size,
             Duration::from_secs(60),
         )
@@ -321,7 +321,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_topic_expires_and_restarts_under_a_new_epoch() {
         let b = MemoryBroker::new(
-            Arc::new(Hub::new(Arc::new(Metrics::new()))),
+            Arc::new(Hub::new(Arc::new(Metrics::new()), usize::MAX)),
             10,
             Duration::from_secs(5),
         );

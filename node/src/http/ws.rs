@@ -184,8 +184,11 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
                     .into_response();
             }
         };
-        if identity.as_ref().is_some_and(|id| !id.may_read(&topic)) {
-            let msg = format!("this token may not read {topic}");
+        if !crate::auth::may_read(identity.as_ref(), &topic) {
+            let msg = match identity {
+                Some(_) => format!("this token may not read {topic}"),
+                None => format!("{topic} is private: connect with a token naming its owner"),
+            };
             return ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, msg).into_response();
         }
         initial.push(SubscribeEntry {

@@ -33,6 +33,7 @@ use super::{
     limits::{Limits, Verdict},
     mailbox::Signal,
     outbound::{Batcher, FrameOptions},
+    subscribe::{Refusal, Refusals},
     SessionEnd,
 };
 use crate::{
@@ -401,8 +402,10 @@ where
             "protocol": PROTOCOL_VERSION,
         }));
         self.send_frame(&connected).await?;
-        for entry in std::mem::take(&mut self.initial) {
-            self.subscribe(entry, FrameOptions::default(), None).await?;
+        let initial = std::mem::take(&mut self.initial);
+        if !initial.is_empty() {
+            self.subscribe_frame(initial, FrameOptions::default(), None)
+                .await?;
         }
         self.flush().await
     }
@@ -414,7 +417,11 @@ where
         // declared expired the moment the session starts.
         let leeway = self.state.config.jwt_leeway;
         self.identity.as_ref().map_or(FOREVER, |id| {
-            Duration::from_secs((id.expires_at + leeway.as_secs()).saturating_sub(unix_now()))
+            Duration::from_secs(
+                id.expires_at
+                    .saturating_add(leeway.as_secs())
+                    .saturating_sub(unix_now()),
+            )
         })
     }
 
@@ -481,9 +488,15 @@ where
                 if text.len() > self.state.config.max_message_bytes {
                     return Err(SessionEnd::TooLarge);
                 }
-                match ClientFrame::parse(text.as_str()) {
+                match ClientFrame::parse_bounded(
+                    text.as_str(),
+                    self.state.config.max_subscriptions,
+                ) {
                     Ok(frame) => self.on_frame(frame).await,
-                    Err(e) => self.send_frame(&e.to_frame()).await,
+                    Err(e) => {
+                        self.send_frame(&e.to_frame()).await?;
+                        self.count_strikes(e.refused_entries)
+                    }
                 }
             }
             Message::Binary(b) if b.len() > self.state.config.max_message_bytes => {
@@ -509,11 +522,8 @@ where
                     batch: sub.batch_size.unwrap_or(1),
                     compress: sub.compression,
                 };
-                for entry in sub.entries {
-                    self.subscribe(entry, opts, sub.correlation_id.clone())
-                        .await?;
-                }
-                Ok(())
+                self.subscribe_frame(sub.entries, opts, sub.correlation_id)
+                    .await
             }
             ClientFrame::Unsubscribe {
                 topics,
@@ -590,9 +600,32 @@ where
         }
         let expires = self.identity.as_ref().map(|i| i.expires_at);
         let ack = ServerFrame::new(FrameType::Ack)
-            .with_correlation_id(correlation_id)
+            .with_correlation_id(correlation_id.clone())
             .with_payload(json!({ "refreshed": true, "expires_at": expires }));
-        self.send_frame(&ack).await
+        self.send_frame(&ack).await?;
+        self.drop_unpermitted(correlation_id).await
+    }
+
+    /// After a refresh: ends every subscription the new token no longer permits, with
+    /// one `FORBIDDEN` error naming them.
+    async fn drop_unpermitted(&mut self, correlation_id: Option<Value>) -> Result<(), SessionEnd> {
+        let identity = self.identity.as_deref();
+        let lost: Vec<_> = self
+            .subs
+            .keys()
+            .filter(|t| !crate::auth::may_read(identity, t))
+            .cloned()
+            .collect();
+        let mut refusals = Refusals::default();
+        for topic in lost {
+            self.unsubscribe(&topic);
+            let msg = "the refreshed token may not read this topic; unsubscribed";
+            refusals.push(Refusal::new(ErrorCode::Forbidden, msg, topic.as_str()).without_strike());
+        }
+        for f in refusals.into_frames(correlation_id) {
+            self.send_frame(&f).await?;
+        }
+        Ok(())
     }
 
     /// Sends an `error` frame; the session stays open.
@@ -638,36 +671,86 @@ where
         }
     }
 
-    /// Writes without flushing; gives up if the session is told to stop meanwhile.
+    /// Writes without flushing; gives up if the session is told to stop meanwhile,
+    /// or when the socket takes nothing until the write deadline.
     async fn write(&mut self, msg: Message) -> Result<(), SessionEnd> {
+        let deadline = self.write_deadline();
         let mailbox = &self.info.mailbox;
         let mut feed = self.socket.feed(msg);
-        poll_fn(|cx| {
+        let feed = poll_fn(|cx| {
             if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
                 return Poll::Ready(Err(signal_end(s)));
             }
             Pin::new(&mut feed)
                 .poll(cx)
                 .map_err(|_| SessionEnd::ClientGone)
-        })
-        .await?;
+        });
+        under_deadline(feed, deadline).await?;
         self.state.metrics.frames_sent(1);
         Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), SessionEnd> {
         self.emit_batch().await?;
+        let deadline = self.write_deadline();
         let mailbox = &self.info.mailbox;
         let mut flush = self.socket.flush();
-        poll_fn(|cx| {
+        let flush = poll_fn(|cx| {
             if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
                 return Poll::Ready(Err(signal_end(s)));
             }
             Pin::new(&mut flush)
                 .poll(cx)
                 .map_err(|_| SessionEnd::ClientGone)
-        })
-        .await
+        });
+        under_deadline(flush, deadline).await
+    }
+
+    /// How long a blocked write may wait, and how the session ends when it has: a
+    /// socket that accepts no bytes for `SLUICE_CONNECTION_TIMEOUT` is a slow
+    /// consumer (4008, even on a quiet topic, where the outbox never fills); a token
+    /// that expires meanwhile still ends the session at its expiry.
+    fn write_deadline(&self) -> WriteDeadline {
+        let stall = self.state.config.connection_timeout;
+        let expiry = self.token_remaining();
+        if expiry < stall {
+            WriteDeadline {
+                limit: expiry,
+                token_expires: true,
+            }
+        } else {
+            WriteDeadline {
+                limit: stall,
+                token_expires: false,
+            }
+        }
+    }
+}
+
+/// How long a blocked write may wait, and what ends then.
+#[derive(Debug, Clone, Copy)]
+struct WriteDeadline {
+    limit: Duration,
+    /// The token expires first (else the socket counts as stalled).
+    token_expires: bool,
+}
+
+/// Runs a socket write under `deadline`. The write is polled once first, so the
+/// common case — the socket takes the bytes at once — never arms a timer.
+async fn under_deadline(
+    write: impl Future<Output = Result<(), SessionEnd>>,
+    deadline: WriteDeadline,
+) -> Result<(), SessionEnd> {
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return r;
+    }
+    match tokio::time::timeout(deadline.limit, write).await {
+        Ok(r) => r,
+        Err(_) if deadline.token_expires => Err(SessionEnd::Policy("token expired".into())),
+        Err(_) => Err(SessionEnd::SlowConsumer(
+            "the socket accepted no bytes within the connection timeout",
+        )),
     }
 }
 

@@ -64,7 +64,7 @@ fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
     let mut config = Config::for_tests();
     tweak(&mut config);
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(metrics.clone(), usize::MAX));
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
         hub.clone(),
         config.history_size,

@@ -17,7 +17,7 @@ use sluice_common::{
     ErrorCode, Topic,
 };
 
-use super::{actor::Session, outbound::FrameOptions, SessionEnd};
+use super::{actor::Session, outbound::FrameOptions, subscribe::Refusal, SessionEnd};
 use crate::{
     broker::{BrokerError, Pub},
     config::TopicClass,
@@ -147,74 +147,63 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     /// Subscribes one topic: ack, then the replay or snapshot the entry asks for,
-    /// then live messages (through the outbox).
+    /// then live messages (through the outbox). A refused entry is returned, not
+    /// sent: the frame's refusals go out together ([`super::subscribe`]).
     pub(super) async fn subscribe(
         &mut self,
         entry: SubscribeEntry,
         opts: FrameOptions,
         correlation_id: Option<serde_json::Value>,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<Option<Refusal>, SessionEnd> {
         let name = entry.filter.to_string();
         let topic = match entry.filter.exact() {
             Ok(t) => t,
             Err(_) => {
                 let msg = "wildcard subscriptions are not supported by this node yet";
-                return self
-                    .send_error(
-                        ErrorCode::InvalidTopic,
-                        msg,
-                        json!({ "topic": name }),
-                        correlation_id,
-                    )
-                    .await;
+                return Ok(Some(
+                    Refusal::new(ErrorCode::InvalidTopic, msg, &name).without_strike(),
+                ));
             }
         };
-        if self
-            .identity
-            .as_ref()
-            .is_some_and(|id| !id.may_read(&topic))
-        {
-            let msg = "this token may not read this topic";
-            return self
-                .send_error(
-                    ErrorCode::Forbidden,
-                    msg,
-                    json!({ "topic": name }),
-                    correlation_id,
-                )
-                .await;
+        if !crate::auth::may_read(self.identity.as_deref(), &topic) {
+            let msg = if self.identity.is_some() {
+                "this token may not read this topic"
+            } else {
+                "private topics need a token naming their owner"
+            };
+            return Ok(Some(Refusal::new(ErrorCode::Forbidden, msg, &name)));
         }
         let class = TopicClass::of(topic.as_str());
         if !self.limits.subscribe(class, &self.state.config) {
-            self.state.metrics.rate_limited.increment(1);
             let (burst, per_minute) = self.state.config.subscribe_limits.get(class);
-            let details = json!({ "topic": name, "limit": format!("{per_minute} per minute"), "burst": burst });
-            return self
-                .send_error(
-                    ErrorCode::RateLimitExceeded,
-                    "Rate limit exceeded",
-                    details,
-                    correlation_id,
-                )
-                .await;
+            return Ok(Some(
+                Refusal::new(ErrorCode::RateLimitExceeded, "Rate limit exceeded", &name)
+                    .with("limit", json!(format!("{per_minute} per minute")))
+                    .with("burst", json!(burst)),
+            ));
+        }
+        if self.subs.contains_key(&topic) {
+            return self.resubscribe(&topic, opts, correlation_id).await;
         }
         let limit = self.state.config.max_subscriptions;
-        if !self.subs.contains_key(&topic) && self.subs.len() >= limit {
+        if self.subs.len() >= limit {
             let msg = "too many subscriptions on this connection";
-            let details = json!({ "topic": name, "limit": limit });
-            return self
-                .send_error(
-                    ErrorCode::TooManySubscriptions,
-                    msg,
-                    details,
-                    correlation_id,
-                )
-                .await;
+            return Ok(Some(
+                Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
+                    .with("limit", json!(limit)),
+            ));
         }
 
         // Join the hub first: every publication from now on queues in the outbox, so
         // whatever the replay below does not cover arrives live.
-        let (topic, _) = self.state.hub.join(&topic, self.id, self.info.clone());
+        let Ok((topic, _)) = self.state.hub.join(&topic, self.id, self.info.clone()) else {
+            let msg = "this node follows as many topics as it may (SLUICE_MAX_TOPICS)";
+            return Ok(Some(
+                Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
+                    .with("node_topic_limit", json!(self.state.config.max_topics))
+                    .without_strike(),
+            ));
+        };
         self.subs.insert(
             topic.clone(),
             SubState {
@@ -231,14 +220,7 @@ where
             Err(e) => {
                 self.unsubscribe(&topic);
                 let msg = format!("could not subscribe: {e}");
-                return self
-                    .send_error(
-                        ErrorCode::InternalError,
-                        &msg,
-                        json!({ "topic": name }),
-                        correlation_id,
-                    )
-                    .await;
+                return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
             }
         };
         let head = state.position.as_ref().map_or(0, |p| p.seq);
@@ -248,12 +230,14 @@ where
         let mut replay: Option<(u64, Vec<Pub>)> = None;
         if let Some(n) = entry.resume_from_seq {
             let n = n.max(1);
+            // A resume must name the history it came from: without an epoch the
+            // node cannot tell a position in this history from one in a lost one.
             let same_epoch = match (&entry.epoch, &epoch) {
-                (None, _) => true,
+                (None, _) => false,
                 (Some(theirs), Some(ours)) => theirs.as_str() == &**ours,
                 (Some(_), None) => false,
             };
-            if same_epoch && n == head + 1 {
+            if same_epoch && n == head.saturating_add(1) {
                 replay = Some((n, Vec::new()));
             } else if same_epoch && n <= head {
                 let page = self
@@ -291,7 +275,7 @@ where
                 for p in page {
                     self.deliver(&p).await?;
                 }
-                if !self.fill_gap(&topic, head + 1).await? {
+                if !self.fill_gap(&topic, head.saturating_add(1)).await? {
                     return Err(SessionEnd::SlowConsumer("history trimmed during replay"));
                 }
             }
@@ -300,14 +284,56 @@ where
                     self.deliver(&snap).await?;
                     // Deltas after the snapshot; if they were trimmed already, the
                     // snapshot is the best state there is and live continues from head.
-                    if !self.fill_gap(&topic, head + 1).await? {
+                    if !self.fill_gap(&topic, head.saturating_add(1)).await? {
                         self.set_last(&topic, head);
                     }
                 }
                 None => self.set_last(&topic, head),
             },
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A subscribe of a topic the connection already holds: the ack, new frame
+    /// options, and nothing replayed — the subscription keeps its position, so what
+    /// it delivered is never delivered again.
+    async fn resubscribe(
+        &mut self,
+        topic: &Topic,
+        opts: FrameOptions,
+        correlation_id: Option<serde_json::Value>,
+    ) -> Result<Option<Refusal>, SessionEnd> {
+        let state = match self.state.broker.state(topic).await {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("could not subscribe: {e}");
+                return Ok(Some(Refusal::new(
+                    ErrorCode::InternalError,
+                    msg,
+                    topic.as_str(),
+                )));
+            }
+        };
+        let head = state.position.as_ref().map_or(0, |p| p.seq);
+        let epoch = state.position.map(|p| p.epoch);
+        let Some(sub) = self.subs.get_mut(topic) else {
+            return Ok(None);
+        };
+        sub.opts = opts;
+        // Gap-free as long as the position is in the topic's current history.
+        let recovered = sub.epoch.as_deref() == epoch.as_deref();
+        let ack = ServerFrame::new(FrameType::Ack)
+            .with_topic(topic.as_str())
+            .with_correlation_id(correlation_id)
+            .with_payload(json!({
+                "subscribed": true,
+                "head_seq": head,
+                "epoch": epoch,
+                "recovered": recovered,
+                "already_subscribed": true,
+            }));
+        self.send_frame(&ack).await?;
+        Ok(None)
     }
 
     fn set_last(&mut self, topic: &Topic, seq: u64) {
@@ -370,7 +396,7 @@ where
         self.deliver(&p).await?;
         // Publish-to-write latency is a live-path figure; replays would report the
         // age of history instead.
-        let lag_ms = sluice_common::time_fmt::now_ms() - p.published_ms;
+        let lag_ms = sluice_common::time_fmt::now_ms().saturating_sub(p.published_ms);
         self.state
             .metrics
             .delivery_latency
@@ -385,7 +411,7 @@ where
             let Some(sub) = self.subs.get(topic) else {
                 return Ok(true);
             };
-            let from = sub.last_seq + 1;
+            let from = sub.last_seq.saturating_add(1);
             if from >= until {
                 return Ok(true);
             }

@@ -77,11 +77,22 @@ impl Limits {
         {
             return Verdict::Allow;
         }
+        self.strike(1, cfg)
+    }
+
+    /// Counts `n` refusals (a refused frame, or the refused entries of a
+    /// `subscribe`): `Abuse` once `SLUICE_RATE_LIMIT_STRIKES` fall within the window.
+    pub(super) fn strike(&mut self, n: u64, cfg: &Config) -> Verdict {
+        if n == 0 {
+            return Verdict::Allow;
+        }
         if self.window_start.elapsed() > STRIKE_WINDOW {
             self.strikes = 0;
             self.window_start = Instant::now();
         }
-        self.strikes += 1;
+        self.strikes = self
+            .strikes
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.strikes >= cfg.rate_limit_strikes {
             Verdict::Abuse
         } else {
@@ -124,6 +135,19 @@ mod tests {
             verdicts,
             [Allow, Allow, Allow, Refuse, Refuse, Refuse, Abuse]
         );
+    }
+
+    #[test]
+    fn refused_entries_add_up_to_abuse() {
+        let mut cfg = Config::for_tests();
+        cfg.rate_limit_strikes = 10;
+        let mut l = Limits::new();
+        assert_eq!(l.strike(0, &cfg), Verdict::Allow);
+        assert_eq!(l.strike(4, &cfg), Verdict::Refuse);
+        assert_eq!(l.strike(5, &cfg), Verdict::Refuse);
+        assert_eq!(l.strike(1, &cfg), Verdict::Abuse);
+        let mut l = Limits::new();
+        assert_eq!(l.strike(u64::MAX, &cfg), Verdict::Abuse, "saturates");
     }
 
     #[test]

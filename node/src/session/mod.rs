@@ -11,6 +11,7 @@ mod delivery;
 mod limits;
 mod mailbox;
 mod outbound;
+mod subscribe;
 
 use sluice_common::CloseCode;
 

@@ -44,35 +44,31 @@ pub(crate) fn decode_entry(
         Some("delta") | None => FrameType::Delta,
         Some(_) => return None,
     };
-    // Entries are read as bytes: one that is not UTF-8 (only a raw XADD can write
-    // it) must not fail the whole read of its reader group.
-    let payload = String::from_utf8_lossy(fields.get("p")?);
     let ts = text("ts")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(sluice_common::time_fmt::now_ms);
-    // The function's JSON check (Lua cjson) lets a few malformed forms through, and
-    // anyone can XADD; a frame a client cannot parse must never leave the node, and
-    // dropping the entry would leave a seq gap. So a bad payload goes out as a string.
+    Some(checked(topic, seq, epoch, kind, ts, fields.get("p")?))
+}
+
+/// The publication for a topic's stored snapshot, checked like a stream entry.
+pub(crate) fn snapshot(topic: &Topic, seq: u64, epoch: Arc<str>, ts: i64, doc: &[u8]) -> Pub {
+    checked(topic, seq, epoch, FrameType::Snapshot, ts, doc)
+}
+
+/// Builds a publication from bytes read from Redis, which anyone with access can
+/// write. They are read as bytes, so one that is not UTF-8 does not fail the whole
+/// read of its reader group; and since the function's JSON check (Lua cjson) lets a
+/// few malformed forms through and a frame a client cannot parse must never leave
+/// the node (while dropping it would leave a seq gap), a bad document goes out as a
+/// JSON string.
+fn checked(topic: &Topic, seq: u64, epoch: Arc<str>, kind: FrameType, ts: i64, raw: &[u8]) -> Pub {
+    let payload = String::from_utf8_lossy(raw);
     if !sluice_common::protocol::is_json(&payload) {
-        tracing::warn!(%topic, seq, "payload in Redis is not valid JSON; delivering it as a string");
+        tracing::warn!(%topic, seq, "document in Redis is not valid JSON; delivering it as a string");
         let quoted = serde_json::Value::String(payload.into_owned()).to_string();
-        return Some(Publication::new(
-            topic.clone(),
-            seq,
-            epoch,
-            kind,
-            ts,
-            &quoted,
-        ));
+        return Publication::new(topic.clone(), seq, epoch, kind, ts, &quoted);
     }
-    Some(Publication::new(
-        topic.clone(),
-        seq,
-        epoch,
-        kind,
-        ts,
-        &payload,
-    ))
+    Publication::new(topic.clone(), seq, epoch, kind, ts, &payload)
 }
 
 #[cfg(test)]
@@ -84,6 +80,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
             .collect()
+    }
+
+    #[test]
+    fn a_snapshot_that_is_not_json_becomes_a_json_string() {
+        let t = Topic::parse("a").unwrap();
+        for raw in [&b"{\"bid\":"[..], b"\xff\xfe", b"NaN"] {
+            let p = snapshot(&t, 3, "e".into(), 1, raw);
+            let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+            assert!(v["payload"].is_string(), "{v}");
+            assert_eq!(v["type"], "snapshot");
+            assert_eq!(v["seq"], 3);
+        }
+        let good = snapshot(&t, 4, "e".into(), 1, br#"{"bid":1}"#);
+        let v: serde_json::Value = serde_json::from_str(good.frame.as_str()).unwrap();
+        assert_eq!(v["payload"]["bid"], 1);
     }
 
     #[test]

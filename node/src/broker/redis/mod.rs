@@ -30,7 +30,7 @@ use fred::{
         Builder, Expiration,
     },
 };
-use sluice_common::{keys, protocol::FrameType, time_fmt, StreamPosition, Topic};
+use sluice_common::{keys, time_fmt, StreamPosition, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -39,7 +39,7 @@ use self::{
     decode::{decode_entry, EpochCache},
     reader::ReaderGroup,
 };
-use super::{Broker, BrokerError, Pub, Publication, PublishRequest, TopicState};
+use super::{Broker, BrokerError, Pub, PublishRequest, TopicState};
 use crate::{hub::Hub, metrics::Metrics};
 
 /// The function library, with `__HISTORY_SIZE__` and `__HISTORY_TTL__` to fill in.
@@ -307,7 +307,7 @@ impl Broker for RedisBroker {
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
-        let (seq, epoch, snap_seq, snap, snap_ts): (u64, String, u64, Option<String>, i64) = self
+        let (seq, epoch, snap_seq, snap, snap_ts): (u64, String, u64, Option<bytes::Bytes>, i64) = self
             .pool
             .next()
             .fcall_ro("sluice_state", topic.as_str(), Vec::<String>::new())
@@ -322,8 +322,7 @@ impl Broker for RedisBroker {
         } else {
             time_fmt::now_ms()
         };
-        let snapshot =
-            snap.map(|s| Publication::new(topic.clone(), snap_seq, e, FrameType::Snapshot, ts, &s));
+        let snapshot = snap.map(|s| decode::snapshot(topic, snap_seq, e, ts, &s));
         Ok(TopicState {
             position: Some(StreamPosition { seq, epoch }),
             snapshot,

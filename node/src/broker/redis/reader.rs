@@ -33,6 +33,8 @@ use tracing::{debug, warn};
 use super::decode::{decode_entry, EpochCache};
 use crate::{broker::BrokerError, hub::Hub};
 
+/// The cursor of a stream never seen to exist.
+const NEVER_SEEN: &str = "0-0";
 /// The channel `sluice_publish` rings with the topic's name.
 pub(super) const DOORBELL: &str = "sluice:live";
 /// Entries read per stream per call; a stream that returns this many is read again.
@@ -49,9 +51,16 @@ type Streams = Vec<(String, Vec<(String, HashMap<String, bytes::Bytes>)>)>;
 /// How long `follow` waits for the reader to pick a topic up.
 const ARM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Streams one sweep read covers at most: a node following 100k topics sweeps
+/// them in reads of this many keys (Redis pays per key on every read, and one
+/// command of 100k keys would hold it for tens of milliseconds).
+const SWEEP_CHUNK: usize = 500;
+
 #[derive(Debug, Default)]
 struct Cursors {
-    /// Followed topics and the id of the last entry read from each.
+    /// Followed topics and the id of the last entry read from each. `0-0` marks a
+    /// stream never seen to exist: the sweep skips it (a doorbell announces its
+    /// first entry), so a made-up topic costs Redis nothing per second.
     topics: HashMap<Topic, String>,
     /// Followed topics with news (or possibly news) to read.
     dirty: HashSet<Topic>,
@@ -150,18 +159,39 @@ impl ReaderGroup {
         }
     }
 
-    /// Takes the topics to read now: (generation, keys, ids, topics).
+    /// The periodic sweep: every followed stream that exists is read again, in case
+    /// a doorbell was lost.
+    fn sweep(&self) {
+        let mut c = self.lock();
+        let c = &mut *c;
+        for (t, id) in &c.topics {
+            if id != NEVER_SEEN {
+                c.dirty.insert(t.clone());
+            }
+        }
+    }
+
+    /// Takes the topics to read now, at most [`SWEEP_CHUNK`] (the rest stay dirty
+    /// for the next read): (generation, keys, ids, topics).
     fn take_dirty(&self) -> (u64, Vec<String>, Vec<String>, Vec<Topic>) {
         let mut c = self.lock();
-        let topics: Vec<Topic> = if std::mem::take(&mut c.all_dirty) {
-            c.dirty.clear();
-            c.topics.keys().cloned().collect()
-        } else {
+        if std::mem::take(&mut c.all_dirty) {
+            // After an outage every followed topic, seen or not, is read once.
             let c = &mut *c;
-            c.dirty
-                .drain()
-                .filter(|t| c.topics.contains_key(t))
-                .collect()
+            c.dirty.extend(c.topics.keys().cloned());
+        }
+        let topics: Vec<Topic> = {
+            let c = &mut *c;
+            let mut taken = Vec::with_capacity(c.dirty.len().min(SWEEP_CHUNK));
+            c.dirty.retain(|t| {
+                if taken.len() >= SWEEP_CHUNK || !c.topics.contains_key(t) {
+                    // Unfollowed topics drop out; the rest wait for the next read.
+                    return c.topics.contains_key(t);
+                }
+                taken.push(t.clone());
+                false
+            });
+            taken
         };
         let (keys, ids) = topics
             .iter()
@@ -179,7 +209,7 @@ impl ReaderGroup {
         loop {
             if last_sweep.elapsed() >= SWEEP {
                 last_sweep = tokio::time::Instant::now();
-                self.lock().all_dirty = true;
+                self.sweep();
             }
             if let Some(at) = last_start {
                 let next = at + MIN_READ_INTERVAL;
