@@ -90,6 +90,26 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         hold: Duration,
     },
+    /// Attack a node for a while (expansion bombs, forbidden frames, slowloris,
+    /// subscribers that never read), to run beside `fanout` ("Under attack").
+    Attack {
+        /// The node's WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 2)]
+        bombs: usize,
+        #[arg(long, default_value_t = 1)]
+        forbidden: usize,
+        #[arg(long, default_value_t = 50)]
+        slowloris: usize,
+        #[arg(long, default_value_t = 20)]
+        stalls: usize,
+        /// The topic the never-reading subscribers follow (the honest clients' topic).
+        #[arg(long, default_value = "bench.0")]
+        stall_topic: String,
+    },
     /// Run the raw fan-out baseline server (the physical-limit comparison).
     BaselineServer {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -265,13 +285,38 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if let Command::Attack {
+        url,
+        duration,
+        bombs,
+        forbidden,
+        slowloris,
+        stalls,
+        stall_topic,
+    } = cli.command
+    {
+        procfs::raise_fd_limit((slowloris + stalls + bombs + forbidden) as u64 + 1000)?;
+        let report = rt.block_on(crate::attack::run(crate::attack::AttackOptions {
+            url,
+            duration,
+            bombs,
+            forbidden,
+            slowloris,
+            stalls,
+            stall_topic,
+        }))?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let (common, json) = match &cli.command {
         Command::Fanout(c)
         | Command::Topics { common: c, .. }
         | Command::Latency { common: c, .. }
         | Command::Storm { common: c, .. }
         | Command::Idle { common: c, .. } => (c.clone(), c.json),
-        Command::BaselineServer { .. } => unreachable!("handled above"),
+        Command::BaselineServer { .. } | Command::Attack { .. } => {
+            unreachable!("handled above")
+        }
     };
     let cfg = common.config()?;
     procfs::raise_fd_limit(cfg.clients as u64 + 1000)?;
@@ -334,7 +379,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Command::Idle { pid, hold, .. } => {
                 idle::run(&cfg, idle::IdleOptions { pid, hold }).await
             }
-            Command::BaselineServer { .. } => unreachable!("handled above"),
+            Command::BaselineServer { .. } | Command::Attack { .. } => {
+                unreachable!("handled above")
+            }
         }
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -4,6 +4,7 @@
 //! per-topic seq; every receipt is checked and timed.
 
 pub mod accounting;
+pub mod attack;
 pub mod baseline;
 pub mod cli;
 pub mod fleet;

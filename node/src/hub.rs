@@ -165,7 +165,9 @@ mod tests {
         let (a, b) = (Topic::parse("a").unwrap(), Topic::parse("b").unwrap());
         let (h1, h2) = (handle(8), handle(8));
         assert!(hub.join(&a, 1, h1.clone()).unwrap().1);
-        let (shared, first) = hub.join(&Topic::parse("a").unwrap(), 2, h2.clone()).unwrap();
+        let (shared, first) = hub
+            .join(&Topic::parse("a").unwrap(), 2, h2.clone())
+            .unwrap();
         assert!(!first);
         assert_eq!(shared, a);
         assert!(hub.join(&b, 2, h2.clone()).unwrap().1);
@@ -205,10 +207,16 @@ mod tests {
         assert!(hub.join(&t("a"), 1, h.clone()).is_ok());
         assert!(hub.join(&t("b"), 1, h.clone()).is_ok());
         assert_eq!(hub.join(&t("c"), 1, h.clone()), Err(TopicLimit));
-        assert!(hub.join(&t("a"), 2, h.clone()).is_ok(), "a is followed already");
+        assert!(
+            hub.join(&t("a"), 2, h.clone()).is_ok(),
+            "a is followed already"
+        );
         assert!(hub.leave(&t("b"), 1));
         assert_eq!(hub.topic_count(), 1);
-        assert!(hub.join(&t("c"), 1, h).is_ok(), "room again after b emptied");
+        assert!(
+            hub.join(&t("c"), 1, h).is_ok(),
+            "room again after b emptied"
+        );
     }
 
     #[test]

@@ -532,6 +532,17 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The resident set size of process `pid`, in kB, from `/proc/PID/status`.
+pub fn read_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// Seqs of publications, in order received.
 pub fn seqs(pubs: &[Value]) -> Vec<u64> {
     pubs.iter()

@@ -8,10 +8,15 @@ use std::{io::Read, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sluice_node::broker::Broker;
+use sluice_node::{
+    broker::Broker,
+    config::{AuthMode, JwtKey},
+};
 use sluice_tests::{
-    publish_to, redis::TestRedis, security::rss_bytes, seqs, start_node, start_redis_node,
-    TestNode, WsClient,
+    publish_to,
+    redis::TestRedis,
+    security::{mint, now, rss_bytes, Signer},
+    seqs, start_node, start_redis_node, TestNode, WsClient,
 };
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -291,14 +296,27 @@ async fn pubs_until(c: &mut WsClient, last: u64) -> Vec<(Value, Instant)> {
 
 #[tokio::test]
 async fn the_mobile_route_starts_in_background_mode_and_conflates_bursts() {
-    let node = start_node(|c| c.conflate = Duration::from_millis(300)).await;
+    // `mobile.u1` is private: the phone and the desk both connect as u1.
+    const SECRET: &str = "flow-control-test-secret-32-bytes-long";
+    let node = start_node(|c| {
+        c.conflate = Duration::from_millis(300);
+        c.jwt_key = Some(JwtKey::Secret(SECRET.into()));
+        c.auth = AuthMode::Required;
+    })
+    .await;
+    let token = mint(
+        &json!({"sub": "u1", "exp": now() + 600}),
+        &Signer::hs256(SECRET),
+    );
     let topic = "mobile.u1";
-    let mut phone = WsClient::connect(&node.ws_url("/ws/mobile/u1"))
+    let mut phone = WsClient::connect(&node.ws_url(&format!("/ws/mobile/u1?token={token}")))
         .await
         .expect("connects");
     let ack = phone.recv().await.expect("ack of the route's topic");
     assert_eq!(ack["topic"], topic, "{ack}");
-    let mut desk = node.client().await;
+    let mut desk = WsClient::connect(&node.ws_url(&format!("/ws?token={token}")))
+        .await
+        .expect("desk connects");
     desk.subscribe(json!({"topic": topic})).await;
 
     // A burst of 50: the phone gets at most a few frames, the last being the newest.
@@ -459,7 +477,7 @@ async fn compressed_subscriptions_get_large_envelopes_as_gzip_that_decode_to_the
     let big = json!({"kind": "book", "levels": "0123456789abcdef".repeat(128)});
     let small = json!({"kind": "tick", "bid": 99.5});
     let edge = json!({"pad": "e".repeat(960)}); // the envelope is just over 1 KiB
-    node.publish(topic, big.clone()).await;
+    let (_, epoch) = node.publish(topic, big.clone()).await;
     node.publish(topic, small.clone()).await;
     node.publish(topic, edge.clone()).await;
 
@@ -486,7 +504,7 @@ async fn compressed_subscriptions_get_large_envelopes_as_gzip_that_decode_to_the
     // With batching too: the backlog array is compressed as a whole.
     let mut both = node.client().await;
     both.subscribe(
-        json!({"topic": topic, "resume_from_seq": 1, "batch_size": 10, "compression": true}),
+        json!({"topic": topic, "resume_from_seq": 1, "epoch": epoch, "batch_size": 10, "compression": true}),
     )
     .await;
     let (binary, arr) = next_data(&mut both).await;

@@ -82,11 +82,8 @@ fn check_start(mode: Mode, from: u64, ack: &Value, pubs: &[Value], ctx: &str) {
     let recovered = ack["payload"]["recovered"].as_bool().expect("recovered");
     let first = pubs[0]["seq"].as_u64().expect("seq");
     let ctx = format!("{ctx} {mode:?} from={from} head={head} first={first}");
-    assert_eq!(
-        recovered,
-        matches!(mode, Mode::Resume | Mode::ResumeNoEpoch),
-        "{ctx}"
-    );
+    // A resume without an epoch is a mismatch (SPEC §3): it goes as a fresh one.
+    assert_eq!(recovered, matches!(mode, Mode::Resume), "{ctx}");
     if recovered {
         assert_eq!(first, from, "{ctx}: a resume starts exactly at N");
         assert_eq!(pubs[0]["type"], "delta", "{ctx}");
@@ -246,6 +243,8 @@ async fn concurrent_publishers_still_deliver_in_seq_order_without_gaps() {
     const PUBLISHERS: u64 = 3;
     const EACH: u64 = 1_000;
     const TOTAL: u64 = PUBLISHERS * EACH;
+    /// The warm-up publication plus the publishers'.
+    const LAST: u64 = TOTAL + 1;
     let node = start_node(|cfg| cfg.queue_size = 1 << 20).await;
     let mut early = Vec::new();
     for _ in 0..4 {
@@ -253,6 +252,9 @@ async fn concurrent_publishers_still_deliver_in_seq_order_without_gaps() {
         c.subscribe(json!({"topic": "race.multi"})).await;
         early.push(c);
     }
+    // Seq 1 first, so the resuming clients below know the epoch to resume in (a
+    // resume without one is a mismatch, SPEC §3); the publishers race after it.
+    let (_, epoch) = publish_to(&*node.node().state.broker, "race.multi", "0", None).await;
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let broker = node.node().state.broker.clone();
@@ -277,7 +279,7 @@ async fn concurrent_publishers_still_deliver_in_seq_order_without_gaps() {
     for k in 0..4 {
         let mut c = node.client().await;
         let req = if k % 2 == 0 {
-            json!({"topic": "race.multi", "resume_from_seq": 1})
+            json!({"topic": "race.multi", "resume_from_seq": 1, "epoch": epoch})
         } else {
             json!({"topic": "race.multi"})
         };
@@ -288,16 +290,17 @@ async fn concurrent_publishers_still_deliver_in_seq_order_without_gaps() {
         p.await.expect("publisher");
     }
     for (n, c) in early.iter_mut().enumerate() {
-        let got = seqs(&c.recv_pubs_until(TOTAL).await);
-        assert_run(&got, 1, TOTAL, &format!("early client {n}"));
+        let got = seqs(&c.recv_pubs_until(LAST).await);
+        assert_run(&got, 1, LAST, &format!("early client {n}"));
     }
     for (k, ack, mut c) in late {
         let head = ack["payload"]["head_seq"].as_u64().expect("head");
         let first = if k % 2 == 0 { 1 } else { head + 1 };
-        if first > TOTAL {
+        assert_eq!(ack["payload"]["recovered"], k % 2 == 0, "{ack}");
+        if first > LAST {
             continue; // subscribed after the last publish: nothing to deliver
         }
-        let got = seqs(&c.recv_pubs_until(TOTAL).await);
-        assert_run(&got, first, TOTAL, &format!("late client {k}: {ack}"));
+        let got = seqs(&c.recv_pubs_until(LAST).await);
+        assert_run(&got, first, LAST, &format!("late client {k}: {ack}"));
     }
 }

@@ -47,24 +47,31 @@ async fn resume_from_n_replays_exactly_seq_n_onwards_then_goes_live() {
 }
 
 #[tokio::test]
-async fn resume_without_an_epoch_and_at_the_head_are_recovered() {
+async fn resume_without_an_epoch_is_a_mismatch_and_at_the_head_is_recovered() {
     let node = start_node(|_| {}).await;
     let topic = "prices.RES2";
+    let mut epoch = String::new();
     for i in 1..=5u64 {
-        node.publish_direct(topic, &i.to_string(), None).await;
+        epoch = node.publish_direct(topic, &i.to_string(), None).await.1;
     }
-    // No epoch given: the client claims no history loss, the seq alone decides.
+    // No epoch given: the node cannot tell which history the seq is from (SPEC §3),
+    // so it is a mismatch; with no snapshot the client continues live from the head.
     let mut a = node.client().await;
     let ack = a
         .subscribe(json!({"topic": topic, "resume_from_seq": 5}))
         .await;
-    assert_eq!(ack["payload"]["recovered"], true, "{ack}");
-    assert_eq!(seqs(&a.recv_pubs(1).await), [5]);
+    assert_eq!(ack["payload"]["recovered"], false, "{ack}");
+    assert_eq!(ack["payload"]["head_seq"], 5, "{ack}");
+    assert_eq!(
+        a.recv_within(std::time::Duration::from_millis(300)).await,
+        None
+    );
 
-    // Resuming at head + 1: nothing missed, recovered, the next message is live.
+    // Resuming at head + 1 in the right epoch: nothing missed, recovered, the next
+    // message is live.
     let mut b = node.client().await;
     let ack = b
-        .subscribe(json!({"topic": topic, "resume_from_seq": 6}))
+        .subscribe(json!({"topic": topic, "resume_from_seq": 6, "epoch": epoch}))
         .await;
     assert_eq!(ack["payload"]["recovered"], true, "{ack}");
     assert_eq!(ack["payload"]["head_seq"], 5, "{ack}");

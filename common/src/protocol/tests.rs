@@ -127,14 +127,19 @@ fn an_expansion_over_the_bound_is_refused_before_it_is_built() {
     assert_eq!(e.code, ErrorCode::TooManySubscriptions);
     assert_eq!(e.refused_entries, 9_000_000);
     assert_eq!(e.correlation_id, Some(json!("c")));
-    assert_eq!(e.details, Some(json!({"requested": 9_000_000u64, "limit": 1000})));
+    assert_eq!(
+        e.details,
+        Some(json!({"requested": 9_000_000u64, "limit": 1000}))
+    );
     // Nothing was expanded: far below the seconds 9 million strings would take.
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
     // Exactly at the bound is fine; one over is not.
     let ok = json!({"type":"subscribe","topic":"p","subtopics":["a","b","c"]}).to_string();
     assert!(ClientFrame::parse_bounded(&ok, 3).is_ok());
     assert_eq!(
-        ClientFrame::parse_bounded(&ok, 2).unwrap_err().refused_entries,
+        ClientFrame::parse_bounded(&ok, 2)
+            .unwrap_err()
+            .refused_entries,
         3
     );
     // A malformed frame refuses no entries.

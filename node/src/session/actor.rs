@@ -20,7 +20,7 @@ use std::{
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{future::BoxFuture, Sink, SinkExt, Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_common::{
     protocol::{ClientFrame, FrameType, ServerFrame, SubscribeEntry},
     ErrorCode, PROTOCOL_VERSION,
@@ -33,7 +33,6 @@ use super::{
     limits::{Limits, Verdict},
     mailbox::Signal,
     outbound::{Batcher, FrameOptions},
-    subscribe::{Refusal, Refusals},
     SessionEnd,
 };
 use crate::{
@@ -50,7 +49,7 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How many queued publications are written before one flush.
 const WRITE_BURST: usize = 64;
 /// The signals that interrupt a write or a flush.
-const WHILE_WRITING: [Signal; 2] = [Signal::Stop, Signal::Slow];
+pub(super) const WHILE_WRITING: [Signal; 2] = [Signal::Stop, Signal::Slow];
 
 /// What a session is started with.
 #[derive(Debug)]
@@ -77,7 +76,7 @@ pub struct Session<S> {
     /// Boxed: read rarely, and an idle session's future carries 8 bytes for it.
     pub(super) identity: Option<Box<Identity>>,
     pub(super) limits: Limits,
-    batcher: Batcher,
+    pub(super) batcher: Batcher,
     initial: Vec<SubscribeEntry>,
 }
 
@@ -167,7 +166,7 @@ fn deadline_in(d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-fn signal_end(s: Signal) -> SessionEnd {
+pub(super) fn signal_end(s: Signal) -> SessionEnd {
     match s {
         Signal::Stop => SessionEnd::Draining,
         Signal::Killed => SessionEnd::Killed,
@@ -411,7 +410,7 @@ where
     }
 
     /// Time until the session's token expires; effectively never without one.
-    fn token_remaining(&self) -> Duration {
+    pub(super) fn token_remaining(&self) -> Duration {
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
         // The same leeway as at the door, so a token admitted within it is not
         // declared expired the moment the session starts.
@@ -488,10 +487,8 @@ where
                 if text.len() > self.state.config.max_message_bytes {
                     return Err(SessionEnd::TooLarge);
                 }
-                match ClientFrame::parse_bounded(
-                    text.as_str(),
-                    self.state.config.max_subscriptions,
-                ) {
+                match ClientFrame::parse_bounded(text.as_str(), self.state.config.max_subscriptions)
+                {
                     Ok(frame) => self.on_frame(frame).await,
                     Err(e) => {
                         self.send_frame(&e.to_frame()).await?;
@@ -570,187 +567,6 @@ where
                 correlation_id,
             } => self.refresh(&token, correlation_id).await,
         }
-    }
-
-    /// Replaces the session's token with a fresh one for the same `sub`. A bad token
-    /// ends the session (1008); with auth off there is nothing to replace.
-    async fn refresh(
-        &mut self,
-        token: &str,
-        correlation_id: Option<Value>,
-    ) -> Result<(), SessionEnd> {
-        if let Some(current) = &self.identity {
-            let verdict = match self.state.auth.verify(token) {
-                Ok(new) if new.sub == current.sub => Ok(new),
-                Ok(_) => Err((
-                    ErrorCode::Forbidden,
-                    "refresh token is for another user".to_owned(),
-                )),
-                Err(e) => Err((e.code(), e.to_string())),
-            };
-            match verdict {
-                Ok(new) => self.identity = Some(Box::new(new)),
-                Err((code, msg)) => {
-                    self.state.metrics.auth_failures.increment(1);
-                    let f = ServerFrame::error(code, &msg).with_correlation_id(correlation_id);
-                    self.send_frame(&f).await?;
-                    return Err(SessionEnd::Policy(format!("refresh refused: {msg}")));
-                }
-            }
-        }
-        let expires = self.identity.as_ref().map(|i| i.expires_at);
-        let ack = ServerFrame::new(FrameType::Ack)
-            .with_correlation_id(correlation_id.clone())
-            .with_payload(json!({ "refreshed": true, "expires_at": expires }));
-        self.send_frame(&ack).await?;
-        self.drop_unpermitted(correlation_id).await
-    }
-
-    /// After a refresh: ends every subscription the new token no longer permits, with
-    /// one `FORBIDDEN` error naming them.
-    async fn drop_unpermitted(&mut self, correlation_id: Option<Value>) -> Result<(), SessionEnd> {
-        let identity = self.identity.as_deref();
-        let lost: Vec<_> = self
-            .subs
-            .keys()
-            .filter(|t| !crate::auth::may_read(identity, t))
-            .cloned()
-            .collect();
-        let mut refusals = Refusals::default();
-        for topic in lost {
-            self.unsubscribe(&topic);
-            let msg = "the refreshed token may not read this topic; unsubscribed";
-            refusals.push(Refusal::new(ErrorCode::Forbidden, msg, topic.as_str()).without_strike());
-        }
-        for f in refusals.into_frames(correlation_id) {
-            self.send_frame(&f).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends an `error` frame; the session stays open.
-    pub(super) async fn send_error(
-        &mut self,
-        code: ErrorCode,
-        message: &str,
-        details: Value,
-        correlation_id: Option<Value>,
-    ) -> Result<(), SessionEnd> {
-        let f = ServerFrame::error(code, message)
-            .with_details(details)
-            .with_correlation_id(correlation_id);
-        self.send_frame(&f).await
-    }
-
-    pub(super) async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), SessionEnd> {
-        self.emit_batch().await?;
-        self.write(Message::Text(frame.to_json().into())).await
-    }
-
-    /// Queues one publication frame for the socket and records its latency.
-    /// Queues one publication for the socket (batched and compressed as its
-    /// subscription asked).
-    pub(super) async fn write_pub(
-        &mut self,
-        p: &Pub,
-        opts: FrameOptions,
-    ) -> Result<(), SessionEnd> {
-        let mut ready = Vec::new();
-        self.batcher.push(p, opts, &mut ready);
-        for m in ready {
-            self.write(m).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the pending batch, if any.
-    async fn emit_batch(&mut self) -> Result<(), SessionEnd> {
-        match self.batcher.take() {
-            Some(m) => self.write(m).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Writes without flushing; gives up if the session is told to stop meanwhile,
-    /// or when the socket takes nothing until the write deadline.
-    async fn write(&mut self, msg: Message) -> Result<(), SessionEnd> {
-        let deadline = self.write_deadline();
-        let mailbox = &self.info.mailbox;
-        let mut feed = self.socket.feed(msg);
-        let feed = poll_fn(|cx| {
-            if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
-                return Poll::Ready(Err(signal_end(s)));
-            }
-            Pin::new(&mut feed)
-                .poll(cx)
-                .map_err(|_| SessionEnd::ClientGone)
-        });
-        under_deadline(feed, deadline).await?;
-        self.state.metrics.frames_sent(1);
-        Ok(())
-    }
-
-    pub(super) async fn flush(&mut self) -> Result<(), SessionEnd> {
-        self.emit_batch().await?;
-        let deadline = self.write_deadline();
-        let mailbox = &self.info.mailbox;
-        let mut flush = self.socket.flush();
-        let flush = poll_fn(|cx| {
-            if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
-                return Poll::Ready(Err(signal_end(s)));
-            }
-            Pin::new(&mut flush)
-                .poll(cx)
-                .map_err(|_| SessionEnd::ClientGone)
-        });
-        under_deadline(flush, deadline).await
-    }
-
-    /// How long a blocked write may wait, and how the session ends when it has: a
-    /// socket that accepts no bytes for `SLUICE_CONNECTION_TIMEOUT` is a slow
-    /// consumer (4008, even on a quiet topic, where the outbox never fills); a token
-    /// that expires meanwhile still ends the session at its expiry.
-    fn write_deadline(&self) -> WriteDeadline {
-        let stall = self.state.config.connection_timeout;
-        let expiry = self.token_remaining();
-        if expiry < stall {
-            WriteDeadline {
-                limit: expiry,
-                token_expires: true,
-            }
-        } else {
-            WriteDeadline {
-                limit: stall,
-                token_expires: false,
-            }
-        }
-    }
-}
-
-/// How long a blocked write may wait, and what ends then.
-#[derive(Debug, Clone, Copy)]
-struct WriteDeadline {
-    limit: Duration,
-    /// The token expires first (else the socket counts as stalled).
-    token_expires: bool,
-}
-
-/// Runs a socket write under `deadline`. The write is polled once first, so the
-/// common case — the socket takes the bytes at once — never arms a timer.
-async fn under_deadline(
-    write: impl Future<Output = Result<(), SessionEnd>>,
-    deadline: WriteDeadline,
-) -> Result<(), SessionEnd> {
-    let mut write = std::pin::pin!(write);
-    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-        return r;
-    }
-    match tokio::time::timeout(deadline.limit, write).await {
-        Ok(r) => r,
-        Err(_) if deadline.token_expires => Err(SessionEnd::Policy("token expired".into())),
-        Err(_) => Err(SessionEnd::SlowConsumer(
-            "the socket accepted no bytes within the connection timeout",
-        )),
     }
 }
 

@@ -11,7 +11,9 @@ mod delivery;
 mod limits;
 mod mailbox;
 mod outbound;
+mod refresh;
 mod subscribe;
+mod writer;
 
 use sluice_common::CloseCode;
 

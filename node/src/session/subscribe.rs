@@ -13,12 +13,7 @@ use sluice_common::{
     ErrorCode, TopicFilter,
 };
 
-use super::{
-    actor::Session,
-    limits::Verdict,
-    outbound::FrameOptions,
-    SessionEnd,
-};
+use super::{actor::Session, limits::Verdict, outbound::FrameOptions, SessionEnd};
 
 /// Refused topics named in one error's `details.topics`; the rest are counted.
 pub(crate) const LISTED: usize = 20;
@@ -173,10 +168,7 @@ where
             }
         } else {
             for entry in entries {
-                if let Some(r) = self
-                    .subscribe(entry, opts, correlation_id.clone())
-                    .await?
-                {
+                if let Some(r) = self.subscribe(entry, opts, correlation_id.clone()).await? {
                     refusals.push(r);
                 }
             }

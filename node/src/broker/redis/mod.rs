@@ -307,12 +307,12 @@ impl Broker for RedisBroker {
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
-        let (seq, epoch, snap_seq, snap, snap_ts): (u64, String, u64, Option<bytes::Bytes>, i64) = self
-            .pool
-            .next()
-            .fcall_ro("sluice_state", topic.as_str(), Vec::<String>::new())
-            .await
-            .map_err(unavailable)?;
+        let (seq, epoch, snap_seq, snap, snap_ts): (u64, String, u64, Option<bytes::Bytes>, i64) =
+            self.pool
+                .next()
+                .fcall_ro("sluice_state", topic.as_str(), Vec::<String>::new())
+                .await
+                .map_err(unavailable)?;
         if epoch.is_empty() {
             return Ok(TopicState::default());
         }
