@@ -35,6 +35,11 @@ pub struct AttackOptions {
     /// Subscribers to this topic that never read.
     pub stalls: usize,
     pub stall_topic: String,
+    /// With the admin token, the attack itself publishes to `stall_topic`
+    /// (`stall_rate` per second of `stall_bytes`), so the stalled sockets fill.
+    pub admin_token: Option<String>,
+    pub stall_rate: u32,
+    pub stall_bytes: usize,
 }
 
 /// Counts of what the attacks did and how the node answered.
@@ -52,6 +57,7 @@ pub struct AttackReport {
     pub slowloris_longest_s: f64,
     pub stalls_opened: u64,
     pub stalls_cut_by_node: u64,
+    pub stall_publishes: u64,
     pub errors: u64,
 }
 
@@ -66,6 +72,7 @@ struct Counters {
     slow_longest_ms: AtomicU64,
     stalls_opened: AtomicU64,
     stalls_cut: AtomicU64,
+    stall_publishes: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -193,6 +200,38 @@ async fn stall(url: WsUrl, topic: String, end: Instant, c: Arc<Counters>) {
     }
 }
 
+/// Publishes to the stalled subscribers' topic through `POST /publish`.
+async fn feed_stalls(
+    addr: SocketAddr,
+    o: AttackOptions,
+    token: String,
+    end: Instant,
+    c: Arc<Counters>,
+) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/publish");
+    let body =
+        serde_json::json!({"topic": o.stall_topic, "payload": {"pad": "x".repeat(o.stall_bytes)}})
+            .to_string();
+    let every = Duration::from_secs(1) / o.stall_rate.max(1);
+    let mut tick = tokio::time::interval(every);
+    while Instant::now() < end {
+        tick.tick().await;
+        let ok = http
+            .post(&url)
+            .bearer_auth(&token)
+            .body(body.clone())
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            c.stall_publishes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs every attack until the deadline; returns what happened.
 pub async fn run(o: AttackOptions) -> anyhow::Result<AttackReport> {
     let url = WsUrl::parse(&o.url)?;
@@ -232,6 +271,15 @@ pub async fn run(o: AttackOptions) -> anyhow::Result<AttackReport> {
             c.clone(),
         )));
     }
+    if let Some(token) = o.admin_token.clone() {
+        tasks.push(tokio::spawn(feed_stalls(
+            url.addr,
+            o.clone(),
+            token,
+            end,
+            c.clone(),
+        )));
+    }
     for t in tasks {
         let _ = tokio::time::timeout_at(end + Duration::from_secs(10), t).await;
     }
@@ -248,6 +296,7 @@ pub async fn run(o: AttackOptions) -> anyhow::Result<AttackReport> {
         slowloris_longest_s: get(&c.slow_longest_ms) as f64 / 1000.0,
         stalls_opened: get(&c.stalls_opened),
         stalls_cut_by_node: get(&c.stalls_cut),
+        stall_publishes: get(&c.stall_publishes),
         errors: get(&c.errors),
     })
 }

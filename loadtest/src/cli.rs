@@ -106,9 +106,18 @@ pub enum Command {
         slowloris: usize,
         #[arg(long, default_value_t = 20)]
         stalls: usize,
-        /// The topic the never-reading subscribers follow (the honest clients' topic).
-        #[arg(long, default_value = "bench.0")]
+        /// The topic the never-reading subscribers follow.
+        #[arg(long, default_value = "attack.stall")]
         stall_topic: String,
+        /// The node's admin token: the attack then publishes to the stall topic.
+        #[arg(long)]
+        admin_token: Option<String>,
+        /// Publishes per second to the stall topic.
+        #[arg(long, default_value_t = 20)]
+        stall_rate: u32,
+        /// Payload bytes of each publish to the stall topic.
+        #[arg(long, default_value_t = 16_384)]
+        stall_bytes: usize,
     },
     /// Run the raw fan-out baseline server (the physical-limit comparison).
     BaselineServer {
@@ -293,6 +302,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         slowloris,
         stalls,
         stall_topic,
+        admin_token,
+        stall_rate,
+        stall_bytes,
     } = cli.command
     {
         procfs::raise_fd_limit((slowloris + stalls + bombs + forbidden) as u64 + 1000)?;
@@ -304,6 +316,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             slowloris,
             stalls,
             stall_topic,
+            admin_token,
+            stall_rate,
+            stall_bytes,
         }))?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

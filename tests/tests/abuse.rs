@@ -365,3 +365,32 @@ async fn a_token_expiring_while_the_socket_is_stuck_still_ends_the_session() {
     node.wait_sessions(0, Duration::from_secs(20)).await;
     assert_eq!(node.metric(SLOW).await.unwrap_or(0.0), 0.0);
 }
+
+#[tokio::test]
+async fn a_websocket_ping_flood_spends_the_frame_budget_and_closes_with_4029() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = start_node(|c| {
+        c.message_rate = 1;
+        c.message_burst = 10;
+        c.rate_limit_strikes = 5;
+    })
+    .await;
+    let mut c = node.client().await;
+    for _ in 0..40 {
+        c.inner()
+            .feed(Message::Ping(Default::default()))
+            .await
+            .expect("feed");
+    }
+    c.inner().flush().await.expect("flush");
+    let (frames, close) = frames_until_close(&mut c).await;
+    assert_eq!(close, Closed::Code(4029), "{frames:?}");
+    // 10 pings fit the burst; refusals 1..4 get an error each, the 5th closes.
+    let limited = frames
+        .iter()
+        .filter(|f| f["code"] == "RATE_LIMIT_EXCEEDED")
+        .count();
+    assert_eq!(limited, 4, "{frames:?}");
+    assert_eq!(node.metric("sluice_rate_limited_total").await, Some(5.0));
+}

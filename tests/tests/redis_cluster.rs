@@ -80,7 +80,7 @@ async fn resume_on_another_node_gets_exactly_the_missed_messages_while_publishes
         start_redis_node(&redis, |_| {}).await,
     );
     let engine = publisher(&redis).await;
-    let topic = "trading.u1";
+    let topic = "orders.u1";
 
     let mut c = a.client().await;
     sub(&mut c, topic).await;
@@ -180,7 +180,7 @@ async fn concurrent_engines_get_gap_free_seqs_and_every_node_delivers_the_same_o
 async fn resume_older_than_history_gets_recovered_false_and_the_snapshot() {
     let redis = TestRedis::start().await;
     let node = start_redis_node(&redis, |c| c.history_size = 10).await;
-    let topic = "portfolio.u7";
+    let topic = "positions.u7";
     let (_, epoch) = publish_n(&node, topic, 1, 44).await;
     node.publish_body(
         json!({ "topic": topic, "payload": { "i": 45 }, "snapshot": { "state": 45 } }),
@@ -230,7 +230,7 @@ async fn after_flushall_resume_is_not_recovered_and_live_continues_under_the_new
         start_redis_node(&redis, |_| {}).await,
         start_redis_node(&redis, |_| {}).await,
     );
-    let topic = "risk.u3";
+    let topic = "exposure.u3";
     let mut live = a.client().await;
     sub(&mut live, topic).await;
     let (_, old_epoch) = publish_n(&a, topic, 1, 20).await;
@@ -322,7 +322,7 @@ async fn redis_restart_keeps_sessions_and_delivery_continues() {
 async fn redis_pause_makes_nodes_unready_then_they_recover_by_themselves() {
     let redis = TestRedis::start().await;
     let node = start_redis_node(&redis, |_| {}).await;
-    let topic = "mobile.u9";
+    let topic = "devices.u9";
     let mut c = node.client().await;
     sub(&mut c, topic).await;
     publish_n(&node, topic, 1, 3).await;

@@ -459,8 +459,14 @@ where
 
     async fn on_message(&mut self, msg: Message) -> Result<(), SessionEnd> {
         self.state.metrics.messages_received.increment(1);
-        // Every data frame, text or binary, spends from the connection's budget.
-        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+        // Every data frame, text or binary, and every WebSocket ping spends from the
+        // connection's budget (SPEC §3): the WebSocket layer answers each ping with a
+        // pong, so an uncounted ping flood costs the node a write per frame for free.
+        // Pongs answer our own heartbeat pings and are not counted.
+        if matches!(
+            msg,
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_)
+        ) {
             match self.limits.message(&self.state.config) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
