@@ -12,12 +12,17 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::json;
 use sluice_common::{
-    position::epoch_cmp,
     protocol::{FrameType, ServerFrame, SubscribeEntry},
     ErrorCode, Topic,
 };
 
-use super::{actor::Session, outbound::FrameOptions, subscribe::Refusal, SessionEnd};
+use super::{
+    actor::Session,
+    outbound::FrameOptions,
+    position::{Live, Position, Resume},
+    subscribe::Refusal,
+    SessionEnd,
+};
 use crate::{
     broker::{BrokerError, Pub},
     config::TopicClass,
@@ -29,10 +34,8 @@ const PAGE: usize = 500;
 /// The delivery position of one subscription.
 #[derive(Debug, Default)]
 pub(crate) struct SubState {
-    /// The epoch of the messages delivered so far (`None` before the first one).
-    epoch: Option<Arc<str>>,
-    /// The seq of the last message delivered.
-    last_seq: u64,
+    /// Where delivery stands, and the exactly-once rules ([`Position`]).
+    pos: Position,
     /// Background mode: the newest message not yet delivered.
     pending: Option<Pub>,
     /// Batching and compression, as the subscribe asked.
@@ -227,33 +230,33 @@ where
         let epoch: Option<Arc<str>> = state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
 
         // Resume when the client's position is still in the retained history.
-        let mut replay: Option<(u64, Vec<Pub>)> = None;
-        if let Some(n) = entry.resume_from_seq {
-            let n = n.max(1);
-            // A resume must name the history it came from: without an epoch the
-            // node cannot tell a position in this history from one in a lost one.
-            let same_epoch = match (&entry.epoch, &epoch) {
-                (None, _) => false,
-                (Some(theirs), Some(ours)) => theirs.as_str() == &**ours,
-                (Some(_), None) => false,
-            };
-            if same_epoch && n == head.saturating_add(1) {
-                replay = Some((n, Vec::new()));
-            } else if same_epoch && n <= head {
+        let plan = Position::resume(
+            entry.resume_from_seq,
+            entry.epoch.as_deref(),
+            epoch.as_deref(),
+            head,
+        );
+        let replay: Option<(u64, Vec<Pub>)> = match plan {
+            Resume::AtHead => Some((head.saturating_add(1), Vec::new())),
+            Resume::Replay(n) => {
                 let page = self
                     .state
                     .broker
                     .history(&topic, n, PAGE)
                     .await
                     .map_err(broker_failure)?;
-                let starts_at_n = page
-                    .first()
-                    .is_some_and(|p| p.seq == n && Some(&p.epoch) == epoch.as_ref());
-                if starts_at_n {
-                    replay = Some((n, page));
-                }
+                let from = Position::at(epoch.clone(), n - 1);
+                let n_ok = from.continues(page.iter().map(|p| (&p.epoch, p.seq)), u64::MAX);
+                // History must still start at N; a page that breaks off later is
+                // continued by the gap fill below.
+                (n_ok > 0).then(|| {
+                    let mut page = page;
+                    page.truncate(n_ok);
+                    (n, page)
+                })
             }
-        }
+            Resume::Mismatch => None,
+        };
 
         let ack = ServerFrame::new(FrameType::Ack)
             .with_topic(topic.as_str())
@@ -265,13 +268,10 @@ where
                 "recovered": replay.is_some(),
             }));
         self.send_frame(&ack).await?;
-        if let Some(sub) = self.subs.get_mut(&topic) {
-            sub.epoch = epoch.clone();
-        }
 
         match replay {
             Some((n, page)) => {
-                self.set_last(&topic, n - 1);
+                self.set_position(&topic, Position::at(epoch.clone(), n - 1));
                 for p in page {
                     self.deliver(&p).await?;
                 }
@@ -281,14 +281,15 @@ where
             }
             None => match state.snapshot.filter(|s| Some(&s.epoch) == epoch.as_ref()) {
                 Some(snap) => {
+                    self.set_position(&topic, Position::at(epoch.clone(), 0));
                     self.deliver(&snap).await?;
                     // Deltas after the snapshot; if they were trimmed already, the
                     // snapshot is the best state there is and live continues from head.
                     if !self.fill_gap(&topic, head.saturating_add(1)).await? {
-                        self.set_last(&topic, head);
+                        self.set_position(&topic, Position::at(epoch.clone(), head));
                     }
                 }
-                None => self.set_last(&topic, head),
+                None => self.set_position(&topic, Position::at(epoch.clone(), head)),
             },
         }
         Ok(None)
@@ -321,7 +322,7 @@ where
         };
         sub.opts = opts;
         // Gap-free as long as the position is in the topic's current history.
-        let recovered = sub.epoch.as_deref() == epoch.as_deref();
+        let recovered = sub.pos.epoch().map(|e| &**e) == epoch.as_deref();
         let ack = ServerFrame::new(FrameType::Ack)
             .with_topic(topic.as_str())
             .with_correlation_id(correlation_id)
@@ -336,9 +337,9 @@ where
         Ok(None)
     }
 
-    fn set_last(&mut self, topic: &Topic, seq: u64) {
+    fn set_position(&mut self, topic: &Topic, pos: Position) {
         if let Some(sub) = self.subs.get_mut(topic) {
-            sub.last_seq = seq;
+            sub.pos = pos;
         }
     }
 
@@ -364,22 +365,15 @@ where
         let Some(sub) = self.subs.get_mut(&p.topic) else {
             return Ok(()); // unsubscribed meanwhile
         };
-        if sub.epoch.as_ref() != Some(&p.epoch) {
-            let newer = sub
-                .epoch
-                .as_deref()
-                .is_none_or(|cur| epoch_cmp(&p.epoch, cur) == std::cmp::Ordering::Greater);
-            if !newer {
-                return Ok(()); // a late message of an older history
-            }
-            // The topic restarted under a new epoch (its history was lost): follow
-            // the new history from its first message.
-            sub.epoch = Some(p.epoch.clone());
-            sub.last_seq = 0;
+        let same_epoch = sub.pos.epoch() == Some(&p.epoch);
+        let verdict = sub.pos.on_live(&p.epoch, p.seq);
+        if !same_epoch && verdict != Live::Stale {
+            // The topic restarted under a new epoch (its history was lost): what
+            // was pending belongs to the old one.
             sub.pending = None;
         }
-        if p.seq <= sub.last_seq {
-            return Ok(()); // already delivered by a replay
+        if matches!(verdict, Live::Duplicate | Live::Stale) {
+            return Ok(()); // delivered already, or a late message of an older history
         }
         if background {
             if sub.pending.as_ref().is_none_or(|q| q.seq < p.seq) {
@@ -411,11 +405,10 @@ where
             let Some(sub) = self.subs.get(topic) else {
                 return Ok(true);
             };
-            let from = sub.last_seq.saturating_add(1);
+            let from = sub.pos.next();
             if from >= until {
                 return Ok(true);
             }
-            let epoch = sub.epoch.clone();
             let want = ((until - from) as usize).min(PAGE);
             let page = self
                 .state
@@ -423,11 +416,16 @@ where
                 .history(topic, from, want)
                 .await
                 .map_err(broker_failure)?;
-            match page.first() {
-                Some(p) if p.seq == from && Some(&p.epoch) == epoch.as_ref() => {}
-                _ => return Ok(false),
+            let Some(sub) = self.subs.get(topic) else {
+                return Ok(true);
+            };
+            let n = sub
+                .pos
+                .continues(page.iter().map(|p| (&p.epoch, p.seq)), until);
+            if n == 0 {
+                return Ok(false);
             }
-            for p in page.iter().take_while(|p| p.seq < until) {
+            for p in &page[..n] {
                 self.deliver(p).await?;
             }
         }
@@ -438,7 +436,7 @@ where
         let opts = self.subs.get(&p.topic).map(|s| s.opts).unwrap_or_default();
         self.write_pub(p, opts).await?;
         if let Some(sub) = self.subs.get_mut(&p.topic) {
-            sub.last_seq = sub.last_seq.max(p.seq);
+            sub.pos.delivered(p.seq);
             if sub.pending.as_ref().is_some_and(|q| q.seq <= p.seq) {
                 sub.pending = None;
             }
@@ -497,11 +495,11 @@ mod tests {
         }
         for i in 0..20 {
             assert!(subs.contains_key(&topic(i)));
-            subs.get_mut(&topic(i)).expect("present").last_seq = i as u64;
+            subs.get_mut(&topic(i)).expect("present").pos = Position::at(None, i as u64);
         }
-        assert_eq!(subs.get(&topic(7)).map(|s| s.last_seq), Some(7));
+        assert_eq!(subs.get(&topic(7)).map(|s| s.pos.last()), Some(7));
         assert_eq!(subs.keys().count(), 20);
-        assert_eq!(subs.values_mut().map(|s| s.last_seq).sum::<u64>(), 190);
+        assert_eq!(subs.values_mut().map(|s| s.pos.last()).sum::<u64>(), 190);
         assert!(subs.remove(&topic(3)).is_some());
         assert!(subs.remove(&topic(3)).is_none());
         assert!(!subs.contains_key(&topic(3)));

@@ -11,6 +11,7 @@ mod delivery;
 mod limits;
 mod mailbox;
 mod outbound;
+mod position;
 mod refresh;
 mod subscribe;
 mod writer;
