@@ -24,16 +24,16 @@ use tokio_tungstenite::{
 type Ws = WebSocketStream<TcpStream>;
 
 fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
+    s.parse().expect("a socket address")
 }
 
 /// Opens a TCP connection to `node`, writes `preamble` (a PROXY header, or
 /// nothing), then upgrades on `/ws` with `headers`. Returns the socket after its
 /// `connected` frame, or the HTTP status of a refusal (0: closed without one).
 async fn ws_via(node: &TestNode, preamble: &[u8], headers: &[(&str, &str)]) -> Result<Ws, u16> {
-    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
-    tcp.write_all(preamble).await.unwrap();
-    let mut req = node.ws_url("/ws").into_client_request().unwrap();
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
+    tcp.write_all(preamble).await.expect("write");
+    let mut req = node.ws_url("/ws").into_client_request().expect("request");
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes()).expect("header name");
         req.headers_mut()
@@ -51,7 +51,7 @@ async fn ws_via(node: &TestNode, preamble: &[u8], headers: &[(&str, &str)]) -> R
         .expect("connected frame in time");
     match first {
         Some(Ok(Message::Text(t))) => {
-            let v: Value = serde_json::from_str(&t).unwrap();
+            let v: Value = serde_json::from_str(&t).expect("JSON frame");
             assert_eq!(v["type"], "connected", "{v}");
             Ok(ws)
         }
@@ -77,12 +77,12 @@ async fn ws_eventually(node: &TestNode) -> Ws {
 /// `GET path` with the admin token over a fresh connection that first sends
 /// `preamble`; returns the status and the JSON body.
 async fn raw_get(node: &TestNode, preamble: &[u8], path: &str) -> (u16, Value) {
-    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
-    tcp.write_all(preamble).await.unwrap();
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
+    tcp.write_all(preamble).await.expect("write");
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
     );
-    tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     tokio::time::timeout(RECV_TIMEOUT, tcp.read_to_end(&mut out))
         .await
@@ -148,9 +148,9 @@ async fn wait_closed(
 #[tokio::test]
 async fn a_slowloris_socket_is_closed_within_the_handshake_timeout() {
     let node = start_node(|c| c.handshake_timeout = Duration::from_secs(2)).await;
-    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
     let start = Instant::now();
-    tcp.write_all(b"GET /ws HTTP/1.1\r\n").await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\n").await.expect("write");
     // The generous limit only keeps a broken build from hanging; the bound under
     // test is asserted below.
     let (closed, got) =
@@ -166,7 +166,7 @@ async fn a_slowloris_socket_is_closed_within_the_handshake_timeout() {
 #[tokio::test]
 async fn a_silent_socket_is_closed_within_the_handshake_timeout() {
     let node = start_node(|c| c.handshake_timeout = Duration::from_secs(2)).await;
-    let tcp = TcpStream::connect(node.addr).await.unwrap();
+    let tcp = TcpStream::connect(node.addr).await.expect("connect");
     let start = Instant::now();
     let (closed, got) = wait_closed(tcp, None, Duration::from_secs(30)).await;
     let took = closed - start;
@@ -182,13 +182,13 @@ async fn sockets_that_never_upgrade_count_against_max_connections() {
         c.handshake_timeout = Duration::from_secs(3);
     })
     .await;
-    let idle_a = TcpStream::connect(node.addr).await.unwrap();
-    let idle_b = TcpStream::connect(node.addr).await.unwrap();
+    let idle_a = TcpStream::connect(node.addr).await.expect("connect");
+    let idle_b = TcpStream::connect(node.addr).await.expect("connect");
     // Both sockets are in the accept queue before the client's, so they hold the
     // two slots when it arrives: it is closed without an HTTP answer.
     assert_eq!(ws_via(&node, b"", &[]).await.err(), Some(0));
     // A third idle socket is closed at once, long before the handshake timeout.
-    let extra = TcpStream::connect(node.addr).await.unwrap();
+    let extra = TcpStream::connect(node.addr).await.expect("connect");
     let start = Instant::now();
     let (closed, got) = wait_closed(extra, None, Duration::from_secs(30)).await;
     assert!(got.is_empty());
@@ -236,10 +236,10 @@ async fn with_proxy_protocol_a_connection_without_a_header_is_closed() {
     // A WebSocket client that speaks HTTP straight away.
     assert_eq!(ws_via(&node, b"", &[]).await.err(), Some(0));
     // A malformed header is refused as soon as it is seen, without an answer.
-    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
     tcp.write_all(b"PROXY TCP4 1.2.3.4 1.2.3.4 99999 1\r\nGET /health HTTP/1.1\r\n\r\n")
         .await
-        .unwrap();
+        .expect("write");
     let start = Instant::now();
     let (closed, got) = wait_closed(tcp, None, Duration::from_secs(30)).await;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
@@ -249,10 +249,10 @@ async fn with_proxy_protocol_a_connection_without_a_header_is_closed() {
         closed - start
     );
     // A plain HTTP request gets no answer either.
-    let mut tcp = TcpStream::connect(node.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
     tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
-        .unwrap();
+        .expect("write");
     let (_, got) = wait_closed(tcp, None, Duration::from_secs(30)).await;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert_eq!(node.node().state.sessions.len(), 0);
@@ -270,7 +270,7 @@ async fn with_proxy_protocol_a_connection_without_a_header_is_closed() {
 async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     // Loopback, where the test connects from, is not in the trusted range.
     let node = start_node(|c| {
-        c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        c.trusted_proxies = vec!["10.0.0.0/8".parse().expect("a CIDR")];
         c.max_connections_per_ip = 1;
     })
     .await;
@@ -287,8 +287,8 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
 async fn x_forwarded_for_from_a_trusted_proxy_is_believed() {
     let node = start_node(|c| {
         c.trusted_proxies = vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.0/8".parse().expect("a CIDR"),
+            "10.0.0.0/8".parse().expect("a CIDR"),
         ];
         c.max_connections_per_ip = 1;
     })
