@@ -33,6 +33,11 @@ fn sa(s: &str) -> SocketAddr {
 async fn ws_via(node: &TestNode, preamble: &[u8], headers: &[(&str, &str)]) -> Result<Ws, u16> {
     let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
     tcp.write_all(preamble).await.expect("write");
+    ws_on(tcp, node, headers).await
+}
+
+/// Upgrades on `/ws` over `tcp`, whatever was written on it before.
+async fn ws_on(tcp: TcpStream, node: &TestNode, headers: &[(&str, &str)]) -> Result<Ws, u16> {
     let mut req = node.ws_url("/ws").into_client_request().expect("request");
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes()).expect("header name");
@@ -330,4 +335,28 @@ async fn two_ipv6_addresses_in_one_64_share_a_cap() {
     let _b = ws_via(&node, &next_64, &[]).await.expect("the next /64");
     let ips = client_ips(&node, &proxy::encode_v2_local()).await;
     assert_eq!(ips, ["2001:db8:1:2::1", "2001:db8:1:3::1"]);
+}
+
+#[tokio::test]
+async fn a_proxy_header_in_pieces_with_tlvs_is_read_whole() {
+    let node = start_node(|c| c.proxy_protocol = true).await;
+    // A v2 header with TLVs (ALPN "h1", an authority), sent in three pieces with
+    // pauses, the first cut inside the 16 fixed bytes.
+    let tlvs = [
+        0x01, 0x00, 0x02, b'h', b'1', 0x02, 0x00, 0x03, b'a', b'.', b'b',
+    ];
+    let header = proxy::encode_v2(sa("192.0.2.44:5555"), sa("10.0.0.1:8080"), &tlvs);
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
+    for piece in [&header[..7], &header[7..20], &header[20..]] {
+        tcp.write_all(piece).await.expect("write");
+        tcp.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ws = ws_on(tcp, &node, &[])
+        .await
+        .expect("upgraded after the header");
+    assert_eq!(
+        client_ips(&node, &proxy::encode_v2_local()).await,
+        ["192.0.2.44"]
+    );
 }
