@@ -80,13 +80,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     }));
     crate::registry::publish(&state).await;
     background.push(tokio::spawn(crate::registry::run(state.clone())));
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = state.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let app = http::router(state.clone());
+    let server = tokio::spawn(crate::net::serve(listener, app, state.clone()));
     info!(node = %state.config.node_id, %addr, broker = if state.config.redis_url.is_some() { "redis" } else { "memory" }, "sluice node serving");
     Ok(RunningNode {
         addr,

@@ -12,6 +12,7 @@ pub mod net;
 pub mod registry;
 pub mod session;
 pub mod state;
+pub mod token;
 
 pub use app::{start, RunningNode};
 pub use config::Config;

@@ -1,11 +1,15 @@
-//! `sluice`: parse the configuration, start logging, run the node. Nothing else.
+//! `sluice`: parse the configuration, start logging, run the node; or, as
+//! `sluice token`, print a token for development. Nothing else.
 
 use std::process::ExitCode;
 
-use sluice_node::{app, config, Config};
+use sluice_node::{app, config, token, Config};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("token") {
+        return token(&args[1..]);
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", config::help());
         return ExitCode::SUCCESS;
@@ -39,6 +43,25 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice token …`: prints a signed token on stdout, or one line on stderr.
+fn token(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", token::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let minted = token::Request::parse(args, |k| std::env::var(k).ok()).and_then(|r| r.mint());
+    match minted {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice token: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -32,9 +32,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     pub sessions: SessionRegistry,
-    /// Open connections per client IP, for `SLUICE_MAX_CONNECTIONS_PER_IP`.
+    /// Open connections per client (`net::cap_key`: IPv4 address or IPv6 /64), for
+    /// `SLUICE_MAX_CONNECTIONS_PER_IP`.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Admitted connections (upgrading or open), for `SLUICE_MAX_CONNECTIONS`.
+    /// Admitted connections, for `SLUICE_MAX_CONNECTIONS`: every accepted TCP
+    /// connection (before its request, idle between requests, or upgraded).
     admitted: AtomicUsize,
     /// Set when the node starts draining: `/ready` answers 503, upgrades are refused.
     pub draining: AtomicBool,
@@ -88,7 +90,9 @@ impl AppState {
     }
 
     /// Reserves one of `SLUICE_MAX_CONNECTIONS` slots atomically, so a burst of
-    /// simultaneous upgrades cannot overshoot; `None` when the node is full.
+    /// simultaneous connections cannot overshoot; `None` when the node is full. The
+    /// accept loop takes one per TCP connection; an upgrade carries it into its
+    /// session.
     pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
         let max = self.config.max_connections;
         self.admitted
@@ -133,11 +137,16 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Also takes a slot of the client IP's budget; gives the admission back when
-    /// that IP is at its limit.
+    /// Also takes a slot of the client's budget (its IPv4 address, or the /64 of
+    /// its IPv6 address); gives the admission back when that budget is spent.
+    /// Taking a second one first releases the first.
     pub fn with_ip(mut self, ip: IpAddr) -> Result<Self, Self> {
-        if self.state.try_add_ip(ip) {
-            self.ip = Some(ip);
+        if let Some(old) = self.ip.take() {
+            self.state.remove_ip(old);
+        }
+        let key = crate::net::cap_key(ip);
+        if self.state.try_add_ip(key) {
+            self.ip = Some(key);
             Ok(self)
         } else {
             Err(self)

@@ -54,8 +54,10 @@ async fn start_node(net: &str, prefix: &str, n: usize) -> ContainerAsync<Generic
         .with_env_var("SLUICE_HEARTBEAT_INTERVAL", "1")
         .with_env_var("SLUICE_REGISTRY_TTL", "3")
         .with_env_var("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
-        // Every client arrives from the load balancer's address.
-        .with_env_var("SLUICE_MAX_CONNECTIONS_PER_IP", "100000")
+        // HAProxy sends PROXY v2 (deploy/haproxy.cfg), so the per-IP cap counts
+        // the real client (the host, for all of this test's clients) and keeps
+        // its default of 1000.
+        .with_env_var("SLUICE_PROXY_PROTOCOL", "on")
         .with_env_var("RUST_LOG", "info")
         .start()
         .await

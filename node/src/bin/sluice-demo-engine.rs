@@ -16,6 +16,10 @@
 //!   now and then a margin warning;
 //! * `auctions.A1`: the state of a repeating auction, with snapshot.
 //!
+//! The `trading`, `portfolio` and `risk` topics are private: a client reads them
+//! with a token for that user, e.g. `sluice token --sub alice` (docker-compose runs
+//! the nodes with auth on).
+//!
 //! Redis errors (and publishes that take longer than 5 s, e.g. a paused Redis)
 //! are retried with exponential backoff (200 ms to 10 s), reconnecting when the
 //! connection is gone; the message is published once it succeeds. SIGTERM or
@@ -596,6 +600,14 @@ async fn run(settings: Settings) {
         users = %settings.users.join(","),
         "demo engine starting"
     );
+    // The private topics it feeds are readable only with their user's token (or an
+    // admin one); say how to get one, since that is the first thing a demo needs.
+    if let Some(user) = settings.users.first() {
+        info!(
+            "to read trading.{user}, portfolio.{user} and risk.{user}.alerts, connect with \
+             ?token=$(sluice token --sub {user}) (same SLUICE_JWT_SECRET as the nodes)"
+        );
+    }
 
     let mut publisher: Option<Publisher> = None;
     let mut backoff = BACKOFF_START;

@@ -1,10 +1,11 @@
 //! WebSocket upgrades: `/ws` and the alias routes that subscribe on connect.
 //!
 //! Everything that can refuse a connection does so here with an HTTP status and a
-//! JSON body, before anything is upgraded, in this order: draining or full (503),
-//! Origin not allowed (403), token missing or bad (401), an alias topic the token
-//! may not read (403), too many connections from the IP (429). Accepted sockets run
-//! as tracked tasks so shutdown can wait for them.
+//! JSON body, before anything is upgraded, in this order: draining (503), Origin
+//! not allowed (403), token missing or bad (401), an alias topic the token may not
+//! read (403), too many connections from the client (429). A full node never gets
+//! this far: the accept loop closed the socket. Accepted sockets run as tracked
+//! tasks so shutdown can wait for them.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -19,10 +20,12 @@ use axum::{
 use futures_util::FutureExt;
 use serde::Deserialize;
 use sluice_common::{protocol::SubscribeEntry, ErrorCode, TopicFilter};
+use tracing::debug;
 
 use super::ApiError;
 use crate::{
     auth::Identity,
+    net::{self, Accepted},
     session::{Session, SessionParams},
     state::{Admission, AppState, SessionInfo},
 };
@@ -44,7 +47,11 @@ pub struct TokenQuery {
 /// What every upgrade handler extracts.
 pub struct Upgrade {
     state: Arc<AppState>,
+    /// The client's address: from the PROXY header or the socket, then from
+    /// `X-Forwarded-For` when the sender is a trusted proxy.
     addr: SocketAddr,
+    /// The connection the request came on, holding its admission.
+    accepted: Option<Accepted>,
     headers: HeaderMap,
     token: Option<String>,
     ws: WebSocketUpgrade,
@@ -63,9 +70,29 @@ where
         let State(state) = State::<Arc<AppState>>::from_request_parts(parts, s)
             .await
             .map_err(IntoResponse::into_response)?;
-        let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, s)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        // The accept loop marks every request with its connection; without it (a
+        // router served some other way) the socket's peer is all there is.
+        let accepted = parts.extensions.get::<Accepted>().cloned();
+        let conn_addr = match &accepted {
+            Some(a) => a.client,
+            None => {
+                let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, s)
+                    .await
+                    .map_err(IntoResponse::into_response)?;
+                addr
+            }
+        };
+        let ip = net::client_ip(
+            conn_addr.ip(),
+            &parts.headers,
+            &state.config.trusted_proxies,
+        );
+        // A client named by X-Forwarded-For has no port we know of.
+        let addr = if ip == net::canonical(conn_addr.ip()) {
+            SocketAddr::new(ip, conn_addr.port())
+        } else {
+            SocketAddr::new(ip, 0)
+        };
         let Query(q) = Query::<TokenQuery>::from_request_parts(parts, s)
             .await
             .map_err(|e| {
@@ -86,6 +113,7 @@ where
         Ok(Upgrade {
             state,
             addr,
+            accepted,
             headers: parts.headers.clone(),
             // An empty `?token=` does not hide a header token.
             token: q.token.filter(|t| !t.trim().is_empty()).or(bearer),
@@ -148,6 +176,7 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
     let Upgrade {
         state: st,
         addr,
+        accepted,
         headers,
         token,
         ws,
@@ -155,9 +184,6 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
     if st.is_draining() {
         return ApiError::unavailable("node is draining; connect to another node").into_response();
     }
-    let Some(admission) = st.try_admit() else {
-        return ApiError::unavailable("node is at its connection limit").into_response();
-    };
     if !origin_allowed(&st, &headers) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -197,15 +223,31 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
             epoch: None,
         });
     }
-    let Ok(admission) = admission.with_ip(addr.ip()) else {
-        st.metrics.rate_limited.increment(1);
-        let msg = "too many connections from this address";
-        return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimitExceeded,
-            msg,
-        )
-        .into_response();
+    // The connection's slot under SLUICE_MAX_CONNECTIONS, taken at accept, moves
+    // to the session; only a router served without the accept loop admits here.
+    let admission = match &accepted {
+        Some(a) => a.take_admission(),
+        None => st.try_admit(),
+    };
+    let Some(admission) = admission else {
+        return ApiError::unavailable("node is at its connection limit").into_response();
+    };
+    let admission = match admission.with_ip(addr.ip()) {
+        Ok(admission) => admission,
+        Err(admission) => {
+            if let Some(a) = &accepted {
+                a.give_back(admission);
+            }
+            debug!(client = %addr.ip(), "upgrade refused: SLUICE_MAX_CONNECTIONS_PER_IP");
+            st.metrics.rate_limited.increment(1);
+            let msg = "too many connections from this address";
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimitExceeded,
+                msg,
+            )
+            .into_response();
+        }
     };
     // The session enforces SLUICE_MAX_MESSAGE_BYTES itself (a 1009 it can deliver);
     // tungstenite's own cap, higher, only stops a frame too big to even buffer.

@@ -1,5 +1,12 @@
-//! The network edge below HTTP: address ranges for trusted proxies and per-IP caps.
+//! The network edge below HTTP: the accept loop with its handshake deadline and
+//! connection cap, the PROXY protocol header, and who the client is (trusted
+//! proxies, the key of its per-IP cap).
 
 mod cidr;
+mod client;
+pub mod proxy;
+mod serve;
 
-pub use cidr::Cidr;
+pub use cidr::{canonical, Cidr};
+pub use client::{cap_key, client_ip};
+pub use serve::{serve, Accepted};
