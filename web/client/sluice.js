@@ -313,7 +313,13 @@ export class SluiceClient extends Emitter {
       if (gen !== this._gen) return;
       this._onClose(ev.code, ev.reason);
     };
-    ws.onerror = () => {}; // a close event always follows
+    // An error always means an abnormal end (1006). Browsers follow it with a close
+    // event, Node 20's WebSocket does not when the connect fails: act on the error.
+    ws.onerror = () => {
+      if (gen !== this._gen) return;
+      this._stop();
+      this._onClose(1006, "connection failed");
+    };
     this._watch();
   }
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { gzipSync } from "node:zlib";
 import { SluiceClient, backoffDelay, jwtExpiryMs, topicMatches } from "../client/sluice.js";
-import { fakeServer, hs256, nextEvent, waitFor } from "./harness.js";
+import { fakeServer, hs256, nextEvent, waitFor } from "../test-support/harness.js";
 
 test("backoff stays within full-jitter bounds and caps at maxDelayMs", () => {
   for (let attempt = 0; attempt < 12; attempt++) {
