@@ -13,6 +13,8 @@ let client = null;
 /** @type {Map<string, any>} topic -> row state */
 const rows = new Map();
 const log = [];
+/** Every (re)subscribe's outcome, for tests: {topic, recovered, resumed, epoch, head_seq}. */
+const recoveries = [];
 let logDirty = false;
 /** Publish timestamps of messages received since the last paint. */
 let pendingTs = [];
@@ -24,6 +26,7 @@ let lastFrame = 0;
 /** Read from tests and benchmarks: what the page has shown so far. */
 window.sluiceConsole = {
   rows,
+  recoveries,
   get client() { return client; },
   /** Percentiles of publish-to-render latency in ms over the kept samples. */
   latency() {
@@ -116,6 +119,7 @@ function newRow(topic, opts) {
 /** Bind a row to the current client. */
 function attach(row) {
   row.sub = client.subscribe(row.topic, (m) => onMessage(row, m), row.opts);
+  row.sub.on("recovered", (r) => recoveries.push({ topic: row.topic, ...r }));
   row.sub.on("recovered", (r) => addLog(`-- ${row.topic}: ${r.resumed ? "resumed" : "subscribed"}, recovered ${r.recovered}, head ${r.head_seq}`));
   row.sub.on("error", (f) => addLog(`-- ${row.topic}: ${f.code} ${f.error ?? ""}`));
 }

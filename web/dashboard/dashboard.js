@@ -115,7 +115,8 @@ function draw(c) {
   g.clearRect(0, 0, w, h);
   const pad = { l: 42, r: 8, t: 8, b: 16 };
   const vals = points.flatMap((p) => c.series.map(([k]) => p.v[k]).filter((v) => v !== null));
-  const max = Math.max(1e-9, ...vals) * 1.1;
+  // A floor of 1 keeps an idle chart's axis readable (0, 0.5, 1) instead of 0.00s.
+  const max = Math.max(1, ...vals) * 1.1;
   g.strokeStyle = "#d0d7de";
   g.fillStyle = "#57606a";
   g.font = "10px system-ui, sans-serif";
@@ -124,9 +125,11 @@ function draw(c) {
     g.beginPath(); g.moveTo(pad.l, y); g.lineTo(w - pad.r, y); g.stroke();
     g.fillText(fmt(max * f), 2, y + 3);
   }
-  g.fillText(`${Math.round((KEEP * PERIOD_MS) / 60000)} min`, pad.l, h - 3);
-  const x = (i) => pad.l + ((w - pad.l - pad.r) * i) / Math.max(1, KEEP - 1);
-  const off = KEEP - points.length;
+  // Until ten minutes are collected, the points stretch over the whole width.
+  const span = Math.max(2, points.length);
+  g.fillText(`${Math.round(((span - 1) * PERIOD_MS) / 1000)} s`, pad.l, h - 3);
+  const x = (i) => pad.l + ((w - pad.l - pad.r) * i) / (span - 1);
+  const off = 0;
   for (const [k, color] of c.series) {
     g.strokeStyle = color;
     g.lineWidth = 1.5;
