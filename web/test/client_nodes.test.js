@@ -1,5 +1,6 @@
 //! The client against real `sluice` processes (and Redis for two nodes): kill and drain with no loss or duplicate, 4029, maxAttempts, the offline queue, tokens.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 import { SluiceClient } from "../client/sluice.js";
 import { freePort, hs256, nextEvent, startNode, startRedis, waitFor } from "../test-support/harness.js";
@@ -198,5 +199,45 @@ test("compressed, batched subscriptions from a real node arrive complete and in 
   await waitFor(() => seqs.length >= 400, "400 messages");
   assertExactly(seqs, 400);
   assert.ok(binary > 0, "no binary frame arrived");
+  c.close();
+});
+
+test("a real slow-consumer close (4008) is resumed at once with nothing lost or repeated", async () => {
+  const n = await node({ SLUICE_QUEUE_SIZE: "4" });
+  const c = new SluiceClient([n.ws], { minDelayMs: 600000, maxDelayMs: 600000 });
+  const seqs = [], closes = [];
+  let stalled = false;
+  c.on("close", (e) => closes.push(e.code));
+  const sub = c.subscribe("prices.SLOW", (m) => {
+    seqs.push(m.seq);
+    if (!stalled) {
+      // Stop reading for 4 s (this whole process blocks) while another process
+      // publishes ~20 MB: the socket buffers fill, then the node's queue of 4.
+      stalled = true;
+      const t = Date.now();
+      while (Date.now() - t < 4000);
+    }
+  });
+  const first = nextEvent(sub, "recovered");
+  c.connect();
+  await first;
+  // The publisher is another process, so it keeps going while this one is blocked.
+  const total = 400;
+  const pub = spawn(process.execPath, ["-e", `
+    const pad = "x".repeat(50000);
+    (async () => { for (let i = 1; i <= ${total}; i++) {
+      const r = await fetch("${n.http}/publish", { method: "POST",
+        headers: { authorization: "Bearer adm", "content-type": "application/json" },
+        body: JSON.stringify({ topic: "prices.SLOW", payload: { i, pad } }) });
+      if (!r.ok) process.exit(1);
+    } })();`], { stdio: "ignore" });
+  const pubDone = new Promise((r) => pub.on("exit", r));
+  await waitFor(() => seqs.length >= total && c.state === "connected", `${total} messages`, 90000);
+  assert.equal(await pubDone, 0);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(closes[0], 4008, `closes: ${closes}`);
+  assertExactly(seqs, total);
+  // minDelayMs is 10 minutes: only an immediate resume gets here.
+  assert.equal(c.stats().reconnects, closes.length);
   c.close();
 });
