@@ -354,6 +354,33 @@ async fn console_shows_every_seq_and_resumes_on_the_second_url_after_a_kill() {
         "the frame log is bounded: {lines}"
     );
     browser.screenshot("console.png").await;
+
+    // The status element: its URL text and its reconnect button (in its shadow root).
+    let shown = browser
+        .js("return document.querySelector('sluice-status').shadowRoot.querySelector('.url').textContent")
+        .await;
+    assert_eq!(shown, json!(b.ws_url("/ws")));
+    let before = status["reconnects"].as_u64().unwrap();
+    browser
+        .js("document.querySelector('sluice-status').shadowRoot.querySelector('button').click(); return null")
+        .await;
+    let after = browser
+        .wait_js(
+            "a reconnect from the button",
+            "const s = document.querySelector('sluice-status').client.stats(); return s.state === 'connected' ? s.reconnects : null",
+            |v| v.as_u64().is_some_and(|n| n > before),
+        )
+        .await;
+    assert_eq!(after, json!(before + 1));
+    publish_range(&b, &topic, 402, 410).await;
+    let v = browser
+        .wait_js("seq 410 after the button", &row, |v| v[1] == 410)
+        .await;
+    assert_eq!(
+        v,
+        json!([410, 410, 0, v[3]]),
+        "seq, count, gaps after the button"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,7 @@ export class SluiceClient extends Emitter {
   reconnect() {
     this._stop();
     this._attempts = 0;
+    this._c.reconnects++;
     this._open("reconnecting");
   }
 

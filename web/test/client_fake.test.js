@@ -136,3 +136,31 @@ test("1008 and 1009 stop the client in state failed, with no reconnect", async (
     srv.stop();
   }
 });
+
+test("unsubscribe tells the server and stops the handler; other subscriptions go on", async () => {
+  const srv = await fakeServer(async (conn) => {
+    conn.connected();
+    for (const t of ["a.x", "a.y"]) {
+      await conn.next("subscribe");
+      conn.send({ type: "ack", topic: t, payload: { subscribed: true, head_seq: 0, epoch: "e", recovered: false } });
+    }
+    await conn.next("unsubscribe");
+    for (const t of ["a.x", "a.y"]) conn.send({ type: "delta", topic: t, seq: 1, epoch: "e", payload: {} });
+  });
+  const c = new SluiceClient([srv.url]);
+  const got = [];
+  const x = c.subscribe("a.x", (m) => got.push(m.topic));
+  const acked = nextEvent(x, "recovered");
+  c.connect();
+  await acked;
+  const y = c.subscribe("a.y", (m) => got.push(m.topic));
+  await nextEvent(y, "recovered");
+  x.unsubscribe();
+  await waitFor(() => got.length === 1, "a.y's message");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(got, ["a.y"]);
+  assert.deepEqual(srv.conns[0].frames.filter((f) => f.type === "unsubscribe"), [{ type: "unsubscribe", topic: "a.x" }]);
+  assert.deepEqual(c.subscriptions().map((s) => s.topic), ["a.y"]);
+  c.close();
+  srv.stop();
+});

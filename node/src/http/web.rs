@@ -45,6 +45,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("/client/sluice-status.js", JS, "client/sluice-status.js"),
     asset!("/web/console.js", JS, "console/console.js"),
     asset!("/web/dashboard.js", JS, "dashboard/dashboard.js"),
+    asset!("/web/metrics.js", JS, "dashboard/metrics.js"),
     asset!("/web/sluice.css", CSS, "sluice.css"),
 ];
 
