@@ -447,7 +447,10 @@ export class SluiceClient extends Emitter {
     const t = this.options.token;
     const exp = typeof this._token === "string" ? jwtExpiryMs(this._token) : null;
     if (typeof t !== "function" || exp === null) return;
-    const wait = Math.max(0, exp - Date.now() - this.options.refreshMarginMs);
+    // A token living less than twice the margin is refreshed at half its life, and
+    // never sooner than a second, so a short-lived token cannot loop the refresh.
+    const left = exp - Date.now();
+    const wait = Math.max(1000, left - Math.min(this.options.refreshMarginMs, left / 2));
     this._timers.refresh = setTimeout(async () => {
       const gen = this._gen;
       try {

@@ -140,7 +140,8 @@ test("with auth on, the token function is called on every connect and refreshes 
   const n = await node({ SLUICE_JWT_SECRET: secret, SLUICE_JWT_LEEWAY: "0" });
   let asked = 0;
   const token = async () => { asked++; return hs256(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 3 }); };
-  const c = new SluiceClient([n.ws], { token, refreshMarginMs: 1500, minDelayMs: 10, maxDelayMs: 10 });
+  // The default 30 s margin is longer than the token's life: half-life refreshes.
+  const c = new SluiceClient([n.ws], { token, minDelayMs: 10, maxDelayMs: 10 });
   const closes = [];
   c.on("close", (e) => closes.push(e.code));
   await new Promise((r) => { c.on("connected", r); c.connect(); });
@@ -151,11 +152,13 @@ test("with auth on, the token function is called on every connect and refreshes 
     await again;
     assert.equal(asked, i);
   }
-  // Each token lives 3 s; refreshed 1.5 s ahead, the session outlives several of them.
+  // Each token lives 2-3 s (exp is whole seconds) and is refreshed at half its life,
+  // never within 1 s: the session outlives several, without a refresh loop.
   const refreshed = [];
   c.on("refreshed", (r) => refreshed.push(r));
   await new Promise((r) => setTimeout(r, 5000));
-  assert.ok(refreshed.length >= 2, `${refreshed.length} refreshes`);
+  assert.ok(refreshed.length >= 2 && refreshed.length <= 5, `${refreshed.length} refreshes`);
+  assert.equal(asked, 3 + refreshed.length);
   assert.equal(c.state, "connected");
   assert.deepEqual(closes, []);
   c.close();
