@@ -106,7 +106,7 @@ function newRow(topic, opts) {
   $("rows").tBodies[0].appendChild(tr);
   const cell = (c) => tr.querySelector("." + c);
   const row = {
-    topic, opts, tr, sub: null, epoch: null, seq: 0, count: 0, gaps: 0, latency: null, payload: undefined,
+    topic, opts, tr, sub: null, epoch: null, seq: 0, count: 0, gaps: 0, latency: null, payload: undefined, last: new Map(),
     rate: 0, winStart: performance.now(), winCount: 0, dirty: true,
     cells: { epoch: cell("epoch"), seq: cell("seq"), count: cell("count"), gaps: cell("gaps"), rate: cell("rate"), latency: cell("latency"), payload: cell("payload") },
   };
@@ -128,12 +128,15 @@ function attach(row) {
 
 function onMessage(row, m) {
   // The client already dropped duplicates; a jump here is a loss the user must see.
-  if (row.seq > 0 && m.epoch === row.epoch && m.type !== "snapshot" && m.seq !== row.seq + 1) row.gaps++;
+  // A wildcard row carries many topics, each with its own seqs.
+  const last = row.last.get(m.topic);
+  if (last && m.epoch === last.epoch && m.type !== "snapshot" && m.seq !== last.seq + 1) row.gaps++;
+  row.last.set(m.topic, { seq: m.seq, epoch: m.epoch });
   row.epoch = m.epoch;
   row.seq = m.seq;
   row.count++;
   row.winCount++;
-  row.payload = m.payload;
+  row.payload = m.topic === row.topic ? m.payload : { topic: m.topic, payload: m.payload };
   const ts = Date.parse(m.ts);
   if (!Number.isNaN(ts)) {
     row.latency = Date.now() - ts;
