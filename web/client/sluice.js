@@ -329,12 +329,21 @@ export class SluiceClient extends Emitter {
     clearTimeout(this._timers.watch);
     const hb = this.server.heartbeat_interval_ms;
     // Before `connected` arrives there is no interval yet: allow a handshake-sized wait.
-    const ms = this.state === "connected" && hb ? hb * MISSED_HEARTBEATS : 30000;
-    this._timers.watch = setTimeout(() => {
+    const limit = this.state === "connected" && hb ? hb * MISSED_HEARTBEATS : 30000;
+    // Frames only stamp `_lastRx`; this one timer re-arms itself for the rest of the
+    // window, so 2000 frames a second do not cost 4000 timer calls.
+    const check = () => {
       if (!this._ws) return;
+      const idle = Date.now() - this._lastRx;
+      if (idle < limit) {
+        this._timers.watch = setTimeout(check, limit - idle);
+        return;
+      }
       this._stop();
       this._onClose(4000, "heartbeat timeout");
-    }, ms);
+    };
+    this._lastRx = Date.now();
+    this._timers.watch = setTimeout(check, limit);
   }
 
   /** @param {number} code @param {string} reason */
@@ -376,7 +385,7 @@ export class SluiceClient extends Emitter {
   /** Frames are handled strictly in arrival order, even when one needs an async gunzip. */
   _onData(data, gen) {
     if (gen !== this._gen) return;
-    this._watch();
+    this._lastRx = Date.now();
     if (typeof data === "string" && this._inflating === 0) return this._onText(data);
     this._inflating++;
     const text = typeof data === "string" ? Promise.resolve(data) : inflate(data);

@@ -98,6 +98,28 @@ test("three missed heartbeats: the connection is presumed dead and replaced", as
   srv.stop();
 });
 
+test("heartbeats arriving in time keep the connection; the watch re-arms", async () => {
+  const beats = [];
+  const srv = await fakeServer((conn) => {
+    conn.connected(200);
+    if (beats.length === 0) beats.push(setInterval(() => conn.send({ type: "heartbeat" }), 100));
+  });
+  const c = new SluiceClient([srv.url], { minDelayMs: 10, maxDelayMs: 10 });
+  const closes = [];
+  c.on("close", (e) => closes.push(e.code));
+  c.connect();
+  await nextEvent(c, "connected");
+  // Five times the 600 ms window: a watch that never re-arms would have fired.
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.deepEqual(closes, []);
+  assert.equal(srv.conns.length, 1);
+  clearInterval(beats[0]);
+  await waitFor(() => closes.length === 1, "the close once heartbeats stop");
+  assert.equal(closes[0], 4000);
+  c.close();
+  srv.stop();
+});
+
 test("gzip binary frames and batch arrays are delivered in order with text frames", async () => {
   const srv = await fakeServer(async (conn) => {
     conn.connected();
