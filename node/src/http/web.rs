@@ -25,6 +25,12 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
+/// For the two pages, which take admin tokens: scripts only from this node (no inline
+/// script), sockets to any gateway URL typed in, and no framing by another site.
+/// `style-src 'unsafe-inline'` is for the status element's shadow-root `<style>`.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";
+
 macro_rules! asset {
     ($route:expr, $ct:expr, $file:expr) => {
         Asset {
@@ -115,6 +121,12 @@ pub fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
             resp.headers_mut().insert(name, v);
         }
     }
+    if asset.content_type == HTML {
+        resp.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        );
+    }
     resp
 }
 
@@ -184,6 +196,24 @@ mod tests {
         }
         let stale = get("/client/sluice.js", Some("\"0-0000000000000000\""));
         assert_eq!(stale.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn pages_carry_a_csp_and_scripts_do_not() {
+        for (path, has) in [
+            ("/", true),
+            ("/dashboard", true),
+            ("/client/sluice.js", false),
+        ] {
+            let resp = get(path, None);
+            let csp = resp.headers().get(header::CONTENT_SECURITY_POLICY);
+            assert_eq!(csp.is_some(), has, "{path}");
+            if let Some(v) = csp {
+                let v = v.to_str().unwrap();
+                assert!(v.contains("script-src 'self';"), "{v}");
+                assert!(v.contains("frame-ancestors 'none'"), "{v}");
+            }
+        }
     }
 
     #[test]
