@@ -316,3 +316,54 @@ async fn console_keeps_up_with_2000_messages_per_second() {
     assert_eq!(lat["count"], total);
     browser.screenshot("console-2000.png").await;
 }
+
+/// The node's router serves every page and script named by the pages, with a strong
+/// ETag and 304 on a repeat; no browser needed.
+#[tokio::test]
+async fn the_node_serves_the_web_assets_with_etags_and_304() {
+    let node = start_node(|_| {}).await;
+    let http = reqwest::Client::new();
+    for (path, ct) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/dashboard", "text/html; charset=utf-8"),
+        ("/client/sluice.js", "text/javascript; charset=utf-8"),
+        ("/client/sluice-status.js", "text/javascript; charset=utf-8"),
+        ("/web/console.js", "text/javascript; charset=utf-8"),
+        ("/web/dashboard.js", "text/javascript; charset=utf-8"),
+        ("/web/metrics.js", "text/javascript; charset=utf-8"),
+        ("/web/sluice.css", "text/css; charset=utf-8"),
+    ] {
+        let r = http.get(node.http_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], ct, "{path}");
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"'), "{path}: {etag}");
+        assert!(!r.bytes().await.unwrap().is_empty(), "{path}");
+        let again = http
+            .get(node.http_url(path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert!(again.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // Every script and stylesheet the pages and their modules load is served.
+    for page in ["/", "/dashboard", "/web/console.js", "/web/dashboard.js"] {
+        let html = http
+            .get(node.http_url(page))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for src in html
+            .split(['"', '\''])
+            .filter(|s| s.starts_with("/web/") || s.starts_with("/client/"))
+        {
+            let r = http.get(node.http_url(src)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{page} loads {src}");
+        }
+    }
+}
