@@ -4,6 +4,7 @@
 mod admin;
 mod error;
 mod probes;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/topics", get(admin::topics))
         .route("/ws/topics", get(admin::topics))
         .route("/cluster", get(admin::cluster))
+        // The console (`/`), the dashboard (`/dashboard`), `/client/sluice.js` and their assets.
+        .merge(web::routes())
         .layer(cors(&state))
         .with_state(state)
 }
