@@ -1,10 +1,12 @@
 //! Fixtures for the integration tests: nodes started in-process on port 0, real
 //! WebSocket clients (tokio-tungstenite), HTTP helpers, and Redis for cluster tests.
 
+pub mod counting;
 pub mod follow;
 pub mod process;
 pub mod redis;
 pub mod security;
+pub mod traffic;
 
 use std::{net::SocketAddr, time::Duration};
 
