@@ -364,6 +364,21 @@ impl WsClient {
         assert_eq!(pong["payload"]["ts"], ts.as_str(), "{pong}");
     }
 
+    /// Asserts the next frame (heartbeats skipped) is the delta `seq` of `topic`. Called
+    /// after publishing a sentinel behind the messages a test expects: a duplicate or
+    /// stray frame would have to arrive before it on this connection, so this proves
+    /// "nothing else arrived" without waiting out a quiet window.
+    pub async fn expect_sentinel(&mut self, topic: &str, seq: u64) {
+        let v = self
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("no sentinel {topic}#{seq}: {e}"));
+        assert!(
+            v["type"] == "delta" && v["topic"] == topic && v["seq"] == seq,
+            "the next frame is not the sentinel {topic}#{seq}: {v}"
+        );
+    }
+
     /// Reads publications until one with `seq >= last` arrives; returns all of them.
     pub async fn recv_pubs_until(&mut self, last: u64) -> Vec<Value> {
         let mut out: Vec<Value> = Vec::new();

@@ -348,17 +348,38 @@ async fn after_the_embedded_broker_restarts_empty_a_resume_is_not_recovered() {
     let (seq, epoch) = publish_when_up(&node, topic, json!({"i": 1})).await;
     assert_eq!(seq, 1, "a new history starts at 1");
     assert_ne!(epoch, old_epoch, "a lost history gets a new epoch");
+    // The new history grows past the old position, so only the epoch can tell the
+    // client's seq 4 from this history's seq 4.
+    for i in 2..=6 {
+        assert_eq!(
+            node.publish_direct(topic, &format!(r#"{{"i":{i}}}"#), None)
+                .await
+                .0,
+            i
+        );
+    }
     let mut c = resume(
         &node,
         topic,
-        json!({"resume_from_seq": 6, "epoch": old_epoch}),
-        1,
+        json!({"resume_from_seq": 4, "epoch": old_epoch}),
+        6,
         &epoch,
         false,
     )
     .await;
     let got = through_sentinel_after(&mut c, &node, topic, &epoch).await;
-    assert_eq!(got, frames(&[("snapshot", 1), ("delta", 2)]));
+    assert_eq!(
+        got,
+        frames(&[
+            ("snapshot", 1),
+            ("delta", 2),
+            ("delta", 3),
+            ("delta", 4),
+            ("delta", 5),
+            ("delta", 6),
+            ("delta", 7)
+        ])
+    );
 }
 
 /// [`through_sentinel`] for a topic whose snapshot payload is `{"state": "after"}`.
@@ -405,17 +426,38 @@ async fn after_redis_restarts_without_persistence_a_resume_is_not_recovered() {
     let (seq, epoch) = publish_when_up(&node, topic, json!({"i": 1})).await;
     assert_eq!(seq, 1, "a new history starts at 1");
     assert_ne!(epoch, old_epoch, "a lost history gets a new epoch");
+    // The new history grows past the old position, so only the epoch can tell the
+    // client's seq 4 from this history's seq 4.
+    for i in 2..=6 {
+        assert_eq!(
+            node.publish_direct(topic, &format!(r#"{{"i":{i}}}"#), None)
+                .await
+                .0,
+            i
+        );
+    }
     let mut c = resume(
         &node,
         topic,
-        json!({"resume_from_seq": 6, "epoch": old_epoch}),
-        1,
+        json!({"resume_from_seq": 4, "epoch": old_epoch}),
+        6,
         &epoch,
         false,
     )
     .await;
     let got = through_sentinel_after(&mut c, &node, topic, &epoch).await;
-    assert_eq!(got, frames(&[("snapshot", 1), ("delta", 2)]));
+    assert_eq!(
+        got,
+        frames(&[
+            ("snapshot", 1),
+            ("delta", 2),
+            ("delta", 3),
+            ("delta", 4),
+            ("delta", 5),
+            ("delta", 6),
+            ("delta", 7)
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
