@@ -55,6 +55,18 @@ pub fn sluice_binary() -> PathBuf {
     .clone()
 }
 
+/// `VmRSS` of process `pid` (from `/proc/PID/status`), in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -113,16 +125,9 @@ impl NodeProcess {
             .expect("the process runs")
     }
 
-    /// Resident memory of the node process alone (`VmRSS` in `/proc/PID/status`), bytes.
+    /// Resident memory of the node process alone, bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kib * 1024
+        rss_of(self.pid())
     }
 
     pub fn ws_url(&self) -> String {

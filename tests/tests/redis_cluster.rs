@@ -485,7 +485,7 @@ async fn the_registry_lists_live_nodes_marks_draining_ones_and_drops_dead_ones()
     let b = start_redis_node(&redis, |c| {
         ttl(c);
         c.node_id = "reg-b".into();
-        c.drain = Duration::from_millis(1500);
+        c.drain = Duration::from_secs(6);
     })
     .await;
     let c = start_redis_node(&redis, |c| {
@@ -509,10 +509,12 @@ async fn the_registry_lists_live_nodes_marks_draining_ones_and_drops_dead_ones()
     .await;
 
     // Draining: says so at once, then leaves the registry when it exits.
-    let _held = b.client().await;
+    // Two sessions: the second closes drain / 2 = 3 s in, so the draining state
+    // (and its registry mark) lasts at least that long.
+    let _held = [b.client().await, b.client().await];
     let drain = tokio::spawn(b.shutdown());
     eventually(
-        Duration::from_secs(2),
+        Duration::from_secs(6),
         "the draining node is marked draining",
         || async {
             let v = cluster_view(&a).await;
@@ -533,7 +535,7 @@ async fn the_registry_lists_live_nodes_marks_draining_ones_and_drops_dead_ones()
     // Killed: no goodbye; it drops out when its record expires.
     c.kill();
     eventually(
-        Duration::from_secs(6),
+        Duration::from_secs(15),
         "the killed node disappears after its TTL",
         || async { node_ids(&cluster_view(&a).await) == ["reg-a"] },
     )
