@@ -426,3 +426,78 @@ fn end(counts: &Arc<Mutex<Counts>>, conn: usize, how: Ended) -> Ended {
         .ended = how.clone();
     how
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, epoch: &str) -> Frame {
+        Frame {
+            connection: 0,
+            kind: "delta".into(),
+            seq,
+            epoch: epoch.into(),
+        }
+    }
+
+    fn counts(frames: &[(u64, &str)]) -> TopicCounts {
+        let mut t = TopicCounts::default();
+        for (s, e) in frames {
+            t.on_frame(frame(*s, e));
+        }
+        t
+    }
+
+    #[test]
+    fn a_clean_run_counts_nothing_and_yields_its_seqs() {
+        let t = counts(&[(3, "e"), (4, "e"), (5, "e")]);
+        t.assert_exactly_once_up_to(5, "clean");
+        assert_eq!(t.seqs(), [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_repeated_seq_is_a_duplicate_even_after_later_ones() {
+        let t = counts(&[(1, "e"), (2, "e"), (3, "e"), (2, "e")]);
+        assert_eq!((t.duplicates, t.out_of_order, t.gaps), (1, 0, 0));
+        assert_eq!(
+            t.frames.len(),
+            4,
+            "every frame is kept, duplicates included"
+        );
+    }
+
+    #[test]
+    fn a_skipped_seq_is_a_gap_and_its_late_arrival_is_out_of_order() {
+        let t = counts(&[(1, "e"), (3, "e"), (2, "e")]);
+        assert_eq!((t.duplicates, t.out_of_order, t.gaps), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_frame_of_a_replaced_epoch_is_out_of_order() {
+        let t = counts(&[(7, "old"), (1, "new"), (8, "old")]);
+        assert_eq!((t.duplicates, t.out_of_order, t.gaps), (0, 1, 0));
+        assert_eq!(t.last, Some(("new".into(), 1)));
+        assert_eq!(t.seqs(), [1]);
+    }
+
+    #[test]
+    fn a_not_recovered_resume_starts_a_new_baseline() {
+        let mut t = counts(&[(1, "e"), (2, "e"), (3, "e")]);
+        t.on_reset();
+        // The snapshot at 2 and the deltas after it may repeat seqs legitimately.
+        for s in [2, 3, 4] {
+            t.on_frame(frame(s, "e"));
+        }
+        assert_eq!(
+            (t.duplicates, t.out_of_order, t.gaps, t.resets),
+            (0, 0, 0, 1)
+        );
+        assert_eq!(t.seqs(), [2, 3, 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "duplicates")]
+    fn assert_clean_fails_on_a_duplicate() {
+        counts(&[(1, "e"), (1, "e")]).assert_clean("dup");
+    }
+}

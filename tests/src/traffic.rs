@@ -26,6 +26,9 @@ pub struct Phase {
     pub acked: u64,
     /// Attempts that failed or timed out in this phase.
     pub failed: u64,
+    /// The longest a publish begun in this phase waited for its acknowledgement
+    /// (retries included): a Redis pause shows here as a wait of about its length.
+    pub slowest: Duration,
 }
 
 /// The engine's account after [`Traffic::finish`].
@@ -74,6 +77,17 @@ impl Shared {
             f(p);
         }
     }
+
+    fn current_index(&self) -> usize {
+        let phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        phases.len() - 1
+    }
+
+    fn record_wait(&self, phase: usize, waited: Duration) {
+        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = &mut phases[phase];
+        p.slowest = p.slowest.max(waited);
+    }
 }
 
 /// A running engine; see the module doc.
@@ -99,6 +113,7 @@ impl Traffic {
                 begun: 0,
                 acked: 0,
                 failed: 0,
+                slowest: Duration::ZERO,
             }]),
             stop: AtomicBool::new(false),
             last_seq: AtomicU64::new(0),
@@ -113,6 +128,7 @@ impl Traffic {
                 tick.tick().await;
                 n += 1;
                 let mut tries = 0u32;
+                let (began_in, began_at) = (s.current_index(), tokio::time::Instant::now());
                 loop {
                     s.count(|p| p.begun += 1);
                     let body = json!({ "n": n });
@@ -127,6 +143,7 @@ impl Traffic {
                             }
                             s.last_seq.store(pos.seq, Ordering::Release);
                             s.count(|p| p.acked += 1);
+                            s.record_wait(began_in, began_at.elapsed());
                             break;
                         }
                         Ok(Err(_)) | Err(_) => {
@@ -160,6 +177,7 @@ impl Traffic {
                 begun: 0,
                 acked: 0,
                 failed: 0,
+                slowest: Duration::ZERO,
             });
     }
 
