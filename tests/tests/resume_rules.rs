@@ -316,9 +316,10 @@ async fn a_resume_older_than_the_trimmed_history_is_not_recovered_redis() {
     trimmed_history_is_not_recovered(On::Redis).await;
 }
 
-/// `POST /publish` until the node answers 200 (it may be reconnecting to Redis).
+/// `POST /publish` (with the snapshot `{"state": 1}`: a new history's first seq) until
+/// the node answers 200 (it may be reconnecting to Redis).
 async fn publish_when_up(node: &TestNode, topic: &str, body: Value) -> (u64, String) {
-    let req = json!({"topic": topic, "payload": body, "snapshot": {"state": "after"}}).to_string();
+    let req = json!({"topic": topic, "payload": body, "snapshot": {"state": 1}}).to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (status, v) = node
@@ -367,7 +368,7 @@ async fn after_the_embedded_broker_restarts_empty_a_resume_is_not_recovered() {
         false,
     )
     .await;
-    let got = through_sentinel_after(&mut c, &node, topic, &epoch).await;
+    let got = through_sentinel(&mut c, &node, topic, &epoch).await;
     assert_eq!(
         got,
         frames(&[
@@ -380,38 +381,6 @@ async fn after_the_embedded_broker_restarts_empty_a_resume_is_not_recovered() {
             ("delta", 7)
         ])
     );
-}
-
-/// [`through_sentinel`] for a topic whose snapshot payload is `{"state": "after"}`.
-async fn through_sentinel_after(
-    c: &mut WsClient,
-    node: &TestNode,
-    topic: &str,
-    epoch: &str,
-) -> Vec<(String, u64)> {
-    let (sentinel, e) = node
-        .publish_direct(topic, r#"{"sentinel":true}"#, None)
-        .await;
-    assert_eq!(e, epoch);
-    let mut out = Vec::new();
-    loop {
-        let v = c
-            .recv()
-            .await
-            .unwrap_or_else(|e| panic!("after {out:?}: {e}"));
-        let kind = v["type"].as_str().unwrap_or_default().to_owned();
-        let seq = v["seq"].as_u64().unwrap_or(0);
-        if kind == "snapshot" {
-            assert_eq!(v["payload"], json!({"state": "after"}), "{v}");
-        }
-        if matches!(kind.as_str(), "snapshot" | "delta") {
-            assert_eq!(v["epoch"], epoch, "{v}");
-        }
-        out.push((kind.clone(), seq));
-        if kind == "delta" && seq == sentinel {
-            return out;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +414,7 @@ async fn after_redis_restarts_without_persistence_a_resume_is_not_recovered() {
         false,
     )
     .await;
-    let got = through_sentinel_after(&mut c, &node, topic, &epoch).await;
+    let got = through_sentinel(&mut c, &node, topic, &epoch).await;
     assert_eq!(
         got,
         frames(&[
