@@ -2,7 +2,9 @@
 //! clients on node A (node B as their fallback) follow one topic while an engine
 //! publishes; A gets SIGTERM; the harness reports how long A took to exit and how
 //! long until every client had reconnected to B and caught up to the last seq,
-//! plus lost/duplicate counts.
+//! plus lost/duplicate counts: `seq_anomalies` after the client's dedupe, and
+//! `server_duplicates`, the frames the clients had to drop because the server sent
+//! them twice, out of order or from an older epoch (0 is the contract).
 //!
 //! cargo run --release -p sluice-tests --example drain_storm -- \
 //!     --redis redis://127.0.0.1:6399 --a ws://127.0.0.1:18081/ws --a-pid PID \
@@ -54,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
     // Per client: last seq seen, and count of anomalies (gap or repeat).
     let last: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     let anomalies = Arc::new(AtomicU64::new(0));
+    // Per client: frames its tracker dropped (what the server should never send).
+    let dropped: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     let reconnected = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let t_signal = Arc::new(Mutex::new(None::<Instant>));
     for i in 0..clients {
@@ -65,14 +69,19 @@ async fn main() -> anyhow::Result<()> {
         };
         let mut c = Client::connect(cfg);
         c.subscribe(TOPIC);
-        let (last, anomalies, reconnected, t_signal) = (
+        let (last, anomalies, dropped, reconnected, t_signal) = (
             last.clone(),
             anomalies.clone(),
+            dropped.clone(),
             reconnected.clone(),
             t_signal.clone(),
         );
         tokio::spawn(async move {
             while let Some(ev) = c.next_event().await {
+                dropped[i].store(
+                    c.stats().duplicates_dropped.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 match ev {
                     Event::Publication(f) => {
                         let seq = f.seq.unwrap_or(0);
@@ -165,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             "all_reconnected_and_caught_up_ms": caught_up.as_millis(),
             "resubscribed_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
             "seq_anomalies": anomalies.load(Ordering::Relaxed),
+            "server_duplicates": dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>(),
         })
     );
     Ok(())

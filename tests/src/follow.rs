@@ -13,6 +13,9 @@ pub struct Received {
     pub reconnects: usize,
     /// Resumes the server answered with `recovered: false`.
     pub not_recovered: usize,
+    /// Frames the client's tracker dropped as repeated, out of order or of an older
+    /// epoch: each one is a frame the *server* should not have sent.
+    pub duplicates_dropped: u64,
 }
 
 /// Records every event of `client` into a shared log until the client ends.
@@ -22,6 +25,10 @@ pub fn follow(mut client: Client) -> (Arc<Mutex<Received>>, JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Some(ev) = client.next_event().await {
             let mut r = into.lock().await;
+            r.duplicates_dropped = client
+                .stats()
+                .duplicates_dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
             match ev {
                 Event::Publication(f) => r.seqs.push(f.seq.unwrap_or(0)),
                 Event::State(ClientState::Reconnecting) => r.reconnects += 1,
@@ -96,6 +103,10 @@ pub async fn assert_every_message_exactly_once(
             "client {i}: lost, duplicated or reordered messages"
         );
         assert_eq!(r.not_recovered, 0, "client {i} was told history was lost");
+        assert_eq!(
+            r.duplicates_dropped, 0,
+            "client {i}: the server sent frames the client had to drop"
+        );
         reconnected += usize::from(r.reconnects > 0);
     }
     reconnected

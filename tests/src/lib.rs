@@ -1,10 +1,12 @@
 //! Fixtures for the integration tests: nodes started in-process on port 0, real
 //! WebSocket clients (tokio-tungstenite), HTTP helpers, and Redis for cluster tests.
 
+pub mod counting;
 pub mod follow;
 pub mod process;
 pub mod redis;
 pub mod security;
+pub mod traffic;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -360,6 +362,21 @@ impl WsClient {
         assert_eq!(pong["type"], "pong", "expected a pong, got {pong}");
         assert_eq!(pong["correlation_id"], correlation_id, "{pong}");
         assert_eq!(pong["payload"]["ts"], ts.as_str(), "{pong}");
+    }
+
+    /// Asserts the next frame (heartbeats skipped) is the delta `seq` of `topic`. Called
+    /// after publishing a sentinel behind the messages a test expects: a duplicate or
+    /// stray frame would have to arrive before it on this connection, so this proves
+    /// "nothing else arrived" without waiting out a quiet window.
+    pub async fn expect_sentinel(&mut self, topic: &str, seq: u64) {
+        let v = self
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("no sentinel {topic}#{seq}: {e}"));
+        assert!(
+            v["type"] == "delta" && v["topic"] == topic && v["seq"] == seq,
+            "the next frame is not the sentinel {topic}#{seq}: {v}"
+        );
     }
 
     /// Reads publications until one with `seq >= last` arrives; returns all of them.

@@ -9,24 +9,62 @@ use std::{
     time::Duration,
 };
 
-/// Builds (once per test binary) and returns the path of the `sluice` binary.
+/// Builds (once per test binary) the `sluice` binary for the profile this test binary
+/// was built with, into the same target directory, and returns its path.
+///
+/// A test crate cannot name another package's binary (`CARGO_BIN_EXE_*` exists only
+/// for the package's own targets), so the profile is read from where this test binary
+/// lives, `<target-dir>/<profile-dir>/deps/<test>`, and cargo is asked for exactly
+/// that profile and target directory: a `cargo test --release` runs a release node,
+/// never a stale debug one left in another directory.
 pub fn sluice_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("<target>/<profile>/deps/<test>");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let dir_name = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name");
+        // Cargo's built-in `dev` and `test` profiles write to `debug/`, `bench` to
+        // `release/`; a custom profile writes to a directory of its own name.
+        let profile = match dir_name {
+            "debug" => "dev",
+            other => other,
+        };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "sluice-node", "--bin", "sluice"])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build of the sluice binary failed");
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> → target/<profile>/sluice
-        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-        let bin = dir.join("sluice");
+        assert!(
+            status.success(),
+            "cargo build --profile {profile} of the sluice binary failed"
+        );
+        let bin = profile_dir.join("sluice");
         assert!(bin.exists(), "{} not found after building", bin.display());
         bin
     })
     .clone()
+}
+
+/// `VmRSS` of process `pid` (from `/proc/PID/status`), in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
 }
 
 fn free_port() -> u16 {
@@ -79,9 +117,17 @@ impl NodeProcess {
         node
     }
 
-    /// The process id, while the process runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// The process id, e.g. to read `/proc/PID/status`.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the process runs")
+    }
+
+    /// Resident memory of the node process alone, bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_of(self.pid())
     }
 
     pub fn ws_url(&self) -> String {

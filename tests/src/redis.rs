@@ -21,6 +21,17 @@ pub const URL_VAR: &str = "SLUICE_TEST_REDIS_URL";
 pub const IMAGE_VAR: &str = "SLUICE_TEST_REDIS_IMAGE";
 pub const TAG_VAR: &str = "SLUICE_TEST_REDIS_TAG";
 
+/// How a test's Redis keeps its data across a stop and start of its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Whatever the image's command does (the local image: AOF on; the official one: off).
+    ImageDefault,
+    /// Nothing on disk: a restart comes back empty.
+    None,
+    /// An append-only file written on every command: a restart keeps every acknowledged write.
+    Aof,
+}
+
 /// A Redis server for one test.
 pub struct TestRedis {
     pub url: String,
@@ -45,6 +56,15 @@ fn free_port() -> u16 {
 impl TestRedis {
     /// Starts a container (or uses `SLUICE_TEST_REDIS_URL`) and waits until it answers.
     pub async fn start() -> TestRedis {
+        Self::start_with(Persistence::ImageDefault).await
+    }
+
+    /// Starts a container whose Redis persists as `persistence` says. Anything but
+    /// [`Persistence::ImageDefault`] needs a container (the test restarts it).
+    pub async fn start_with(persistence: Persistence) -> TestRedis {
+        if persistence != Persistence::ImageDefault && std::env::var(URL_VAR).is_ok() {
+            panic!("this test restarts Redis with chosen persistence and needs a container: unset {URL_VAR}");
+        }
         if let Ok(url) = std::env::var(URL_VAR) {
             let r = TestRedis {
                 url,
@@ -57,10 +77,38 @@ impl TestRedis {
         let tag = std::env::var(TAG_VAR).unwrap_or_else(|_| "7.0".to_owned());
         // A fixed host port keeps the URL valid across stop/start of the container.
         let port = free_port();
-        let container = Redis::default()
+        // The whole command line, as both the official and the local image take it.
+        let mut cmd: Vec<&str> = vec![
+            "redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--dir",
+            "/data",
+        ];
+        match persistence {
+            Persistence::ImageDefault => cmd.clear(),
+            Persistence::None => cmd.extend(["--appendonly", "no", "--save", ""]),
+            Persistence::Aof => cmd.extend([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]),
+        }
+        let image_ref = Redis::default()
             .with_name(image.clone())
             .with_tag(tag.clone())
-            .with_mapped_port(port, REDIS_PORT.tcp())
+            .with_mapped_port(port, REDIS_PORT.tcp());
+        let image_ref = if cmd.is_empty() {
+            image_ref
+        } else {
+            image_ref.with_cmd(cmd)
+        };
+        let container = image_ref
             .start()
             .await
             .unwrap_or_else(|e| {

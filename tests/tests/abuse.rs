@@ -31,7 +31,7 @@ async fn frames_until_close(c: &mut WsClient) -> (Vec<Value>, Closed) {
 #[tokio::test]
 async fn ten_expansion_bombs_cost_the_node_under_32_mb_and_each_closes_with_4029() {
     let node = NodeProcess::start("bomb", &[]).await;
-    let pid = node.pid().expect("node pid");
+    let pid = node.pid();
     let before = read_rss_kb(pid);
     let bomb = expansion_bomb();
     assert!(bomb.len() < 64 * 1024, "fits the default frame limit");

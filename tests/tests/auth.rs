@@ -548,7 +548,9 @@ async fn alice_cannot_read_any_of_bobs_private_topics_by_message() {
     let got = alice.recv_pubs(1).await;
     assert_eq!(got[0]["topic"], "trading.alice", "{}", got[0]);
     assert_eq!(got[0]["payload"], json!({"mine": 1}));
-    assert_eq!(alice.recv_within(Duration::from_millis(300)).await, None);
+    // And nothing after it either: the next frame is the sentinel.
+    node.publish("trading.alice", json!({"mine": 2})).await;
+    alice.expect_sentinel("trading.alice", 2).await;
     let (_, conns) = node.get_json("/connections", Some(ADMIN_TOKEN)).await;
     let mut subs: Vec<String> = conns["connections"][0]["subscriptions"]
         .as_array()
@@ -758,14 +760,16 @@ async fn the_admin_http_api_accepts_an_admin_jwt_and_refuses_a_user_jwt() {
 #[tokio::test]
 async fn a_session_whose_token_expires_without_refresh_gets_token_expired_then_1008() {
     let node = hs_node(|_| {}).await;
-    let exp = now() + 2;
+    // exp is in whole seconds: the token lives 4 to 5 s, so connect and subscribe
+    // finish before it on a loaded machine.
+    let exp = now() + 5;
     let token = hs(&json!({"sub": "alice", "exp": exp}));
     let mut c = connect_query(&node.ws_url("/ws"), &token)
         .await
-        .expect("a token valid for 2 s is accepted");
+        .expect("a token valid for 4 s is accepted");
     c.subscribe(json!({"topic": "prices.EXP"})).await;
 
-    let (frames, close) = read_until_close(&mut c, Duration::from_secs(6)).await;
+    let (frames, close) = read_until_close(&mut c, Duration::from_secs(20)).await;
     let closed_at = now_f64();
     assert_eq!(close, Closed::Code(1008));
     assert_eq!(
@@ -779,8 +783,10 @@ async fn a_session_whose_token_expires_without_refresh_gets_token_expired_then_1
         closed_at >= exp as f64 - 0.05,
         "closed at {closed_at}, before the token's exp {exp}"
     );
+    // Closing at exp is the behaviour: allow 3 s after it (the expiry timer plus
+    // the close on two busy cores), not more.
     assert!(
-        closed_at < exp as f64 + 2.0,
+        closed_at < exp as f64 + 3.0,
         "closed late: {closed_at} vs exp {exp}"
     );
     node.wait_sessions(0, Duration::from_secs(5)).await;
@@ -789,7 +795,8 @@ async fn a_session_whose_token_expires_without_refresh_gets_token_expired_then_1
 #[tokio::test]
 async fn a_refresh_before_expiry_keeps_the_session_open_past_the_old_exp() {
     let node = hs_node(|_| {}).await;
-    let old_exp = now() + 2;
+    // Lives 4 to 5 s: connect, subscribe and refresh all happen before it.
+    let old_exp = now() + 5;
     let mut c = connect_query(
         &node.ws_url("/ws"),
         &hs(&json!({"sub": "alice", "exp": old_exp})),

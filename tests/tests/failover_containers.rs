@@ -1,9 +1,11 @@
 //! The deployment's promise, in containers: Redis, three nodes and HAProxy (the
 //! compose topology, from locally built images) on a private network. Reconnecting
 //! clients connect through the load balancer while an engine publishes; then a node
-//! is drained (SIGTERM), another is killed, and Redis is paused. Every client must
-//! end up with every message exactly once, in seq order, and the registry must show
-//! each change.
+//! is drained (SIGTERM), another is killed, and Redis is paused, all under traffic.
+//! The server must have sent every raw counting client every message exactly once, in
+//! seq order; every Rust client must deliver each exactly once; every client that was
+//! on a node that went away must have left it and ended on the last node; and the
+//! registry must show each change.
 //!
 //! Images: `$SLUICE_TEST_NODE_IMAGE` (default `sluice/node:local`) and
 //! `$SLUICE_TEST_HAPROXY_IMAGE` (default `sluice/haproxy:local`), built by
@@ -11,14 +13,16 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sluice_common::{
     client::{Backoff, Client, ClientConfig},
     publisher::Publisher,
 };
 use sluice_tests::{
+    counting::{CountingClient, Ended},
     eventually,
     follow::{assert_every_message_exactly_once, follow, wait_all_receiving},
+    traffic::Traffic,
     ADMIN_TOKEN,
 };
 use testcontainers::{
@@ -29,7 +33,10 @@ use testcontainers::{
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
 
 const TOPIC: &str = "prices.CONTAINERS";
-const CLIENTS: usize = 24;
+/// Rust clients, and as many raw counting clients.
+const CLIENTS: usize = 12;
+/// Acknowledged publishes each phase must see before the test moves on.
+const PER_PHASE: u64 = 20;
 
 fn image(var: &str, default: &str) -> (String, String) {
     let full = std::env::var(var).unwrap_or_else(|_| default.to_owned());
@@ -167,8 +174,10 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
 
     let mut logs = Vec::new();
     let mut readers = Vec::new();
+    let mut counting = Vec::new();
+    let lb_ws = format!("ws://127.0.0.1:{lb_port}/ws");
     for _ in 0..CLIENTS {
-        let mut cfg = ClientConfig::new(format!("ws://127.0.0.1:{lb_port}/ws"));
+        let mut cfg = ClientConfig::new(lb_ws.clone());
         cfg.backoff = Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
@@ -178,30 +187,31 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
         let (log, task) = follow(client);
         logs.push(log);
         readers.push(task);
+        counting.push(CountingClient::start(vec![lb_ws.clone()], &[TOPIC]));
     }
     let engine = Publisher::connect(&redis_url, 2).await.expect("publisher");
-    let publishing = tokio::spawn(async move {
-        let mut seq = 0;
-        let stop_at = tokio::time::Instant::now() + Duration::from_secs(16);
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        while tokio::time::Instant::now() < stop_at {
-            tick.tick().await;
-            loop {
-                match engine.publish(TOPIC, &json!({ "n": seq + 1 })).await {
-                    Ok(pos) => {
-                        assert_eq!(pos.seq, seq + 1);
-                        seq = pos.seq;
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        }
-        seq
-    });
-    wait_all_receiving(&logs, Duration::from_secs(15)).await;
+    let traffic = Traffic::start(engine, TOPIC, Duration::from_millis(5), 100);
+    wait_all_receiving(&logs, Duration::from_secs(30)).await;
+    for c in &counting {
+        c.wait_seq(TOPIC, 1, Duration::from_secs(30)).await;
+    }
+    // Where each counting client is before any fault: those on node1 and node2 must move.
+    let first_nodes: Vec<String> = counting
+        .iter()
+        .map(|c| c.counts().nodes()[0].clone())
+        .collect();
+    eprintln!("counting clients start on {first_nodes:?}");
+    for n in ["node1", "node2", "node3"] {
+        assert!(
+            first_nodes.iter().any(|f| f == n),
+            "leastconn put no counting client on {n}: {first_nodes:?}"
+        );
+    }
+    traffic.phase("before drain");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
     // 1. Drain node1 (docker stop = SIGTERM, then up to 10 s).
+    traffic.phase("drain");
     let drained = nodes[0].take().expect("node1");
     let started = std::time::Instant::now();
     drained
@@ -210,36 +220,94 @@ async fn through_the_load_balancer_drain_kill_and_redis_pause_lose_nothing() {
         .expect("stop node1");
     eprintln!("node1 drained and exited in {:?}", started.elapsed());
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the registry shows node1 gone",
         || async { ids(&cluster(&lb_http).await) == ["node2", "node3"] },
     )
     .await;
+    traffic.phase("after drain");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
     // 2. Kill node2 (no grace).
+    traffic.phase("kill");
     let killed = nodes[1].take().expect("node2");
     killed.stop_with_timeout(Some(0)).await.expect("kill node2");
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the registry drops the killed node",
         || async { ids(&cluster(&lb_http).await) == ["node3"] },
     )
     .await;
+    traffic.phase("after kill");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
-    // 3. Pause Redis.
+    // 3. Pause Redis for three seconds (the length of the fault, not a wait).
+    traffic.phase("redis paused");
     redis.pause().await.expect("pause");
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis.unpause().await.expect("unpause");
 
-    let last = publishing.await.expect("publisher");
-    assert!(last > 500, "only {last} messages were published");
-    let reconnected = assert_every_message_exactly_once(&logs, last, Duration::from_secs(40)).await;
-    eprintln!(
-        "{reconnected} of {CLIENTS} clients reconnected through the LB; {last} messages each"
-    );
+    let report = traffic.finish(200, Duration::from_secs(60)).await;
+    report.assert_acked_in(&[
+        "before drain",
+        "drain",
+        "after drain",
+        "kill",
+        "after kill",
+        "tail",
+    ]);
+    // Redis was frozen under traffic: a publish begun then waited the pause out.
+    let paused = report.phase("redis paused");
     assert!(
-        reconnected >= CLIENTS / 3,
-        "only {reconnected} clients reconnected although two of three nodes went away"
+        paused.slowest >= Duration::from_secs(2),
+        "no publish waited out the 3 s Redis pause: {:?}",
+        report.phases
+    );
+    let last = report.last_seq;
+    let reconnected = assert_every_message_exactly_once(&logs, last, Duration::from_secs(60)).await;
+    for (i, c) in counting.into_iter().enumerate() {
+        c.wait_seq(TOPIC, last, Duration::from_secs(60)).await;
+        let counts = c.stop().await;
+        let who = format!("counting client {i} (nodes {:?})", counts.nodes());
+        counts.topic(TOPIC).assert_exactly_once_up_to(last, &who);
+        assert_eq!(
+            counts.nodes().last().map(String::as_str),
+            Some("node3"),
+            "{who}"
+        );
+        // Which clients had to move, and how: node3's never moved; node2's moved once,
+        // to node3; node1's moved to node2 or node3 (the proxy's choice), and from
+        // node2 on to node3 when it was killed.
+        let nodes_seen = counts.nodes();
+        let first = &counts.connections[0];
+        let killed_ended = |e: &Ended| matches!(e, Ended::NoFrame | Ended::Silent);
+        match first.node_id.as_str() {
+            "node1" => {
+                // The drained node said goodbye with 1012.
+                assert_eq!(first.ended, Ended::Code(1012), "{who}");
+                assert!(
+                    nodes_seen == ["node1", "node3"] || nodes_seen == ["node1", "node2", "node3"],
+                    "{who}"
+                );
+                if nodes_seen.len() == 3 {
+                    assert!(killed_ended(&counts.connections[1].ended), "{who}");
+                }
+            }
+            // A killed container sends nothing: the proxy closes the tunnel, or it
+            // stays open and the client presumes it dead after three heartbeats.
+            "node2" => {
+                assert!(killed_ended(&first.ended), "{who}: {:?}", first.ended);
+                assert_eq!(nodes_seen, ["node2", "node3"], "{who}");
+            }
+            _ => assert_eq!(
+                nodes_seen,
+                ["node3"],
+                "{who}: the clients of the last node stay"
+            ),
+        }
+    }
+    eprintln!(
+        "{reconnected} of {CLIENTS} Rust clients reconnected through the LB; {last} messages each"
     );
     for r in readers {
         r.abort();

@@ -1,24 +1,30 @@
 //! The product's promise with nodes as real processes: drain one (SIGTERM), kill one
-//! (SIGKILL), pause Redis — and every reconnecting client still holds every message
-//! exactly once, in seq order.
+//! (SIGKILL), pause Redis, all while an engine publishes — and the server sent every
+//! resuming client every message exactly once, in seq order (counted raw, before any
+//! dedupe), and the Rust client delivered each exactly once.
 
 use std::time::Duration;
 
-use serde_json::json;
 use sluice_common::{
     client::{Backoff, Client, ClientConfig},
     publisher::Publisher,
 };
 use sluice_tests::{
+    counting::{CountingClient, Ended},
     eventually,
     follow::{assert_every_message_exactly_once, follow, wait_all_receiving},
     process::NodeProcess,
     redis::TestRedis,
+    traffic::Traffic,
     ADMIN_TOKEN,
 };
 
 const TOPIC: &str = "prices.FAILOVER";
-const CLIENTS: usize = 24;
+/// Rust clients (exactly-once delivery) and, as many again, raw counting clients
+/// (what the server sent).
+const CLIENTS: usize = 12;
+/// Acknowledged publishes each phase must see before the test moves on.
+const PER_PHASE: u64 = 20;
 
 async fn cluster_ids(node: &NodeProcess) -> Vec<String> {
     let v: serde_json::Value = reqwest::Client::new()
@@ -42,10 +48,15 @@ async fn cluster_ids(node: &NodeProcess) -> Vec<String> {
     ids
 }
 
+/// Client `i`'s URL list: all three nodes, starting at node `i % 3`.
+fn urls_for(i: usize, urls: &[String]) -> Vec<String> {
+    (0..3).map(|k| urls[(i + k) % 3].clone()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_kill_and_redis_pause_lose_and_duplicate_nothing() {
+async fn drain_kill_and_redis_pause_under_traffic_send_every_client_every_message_once() {
     let redis = TestRedis::start().await;
-    let env = |_: &str| {
+    let env = || {
         vec![
             ("REDIS_URL", redis.url.clone()),
             ("SLUICE_DRAIN_SECONDS", "1".to_owned()),
@@ -54,16 +65,18 @@ async fn drain_kill_and_redis_pause_lose_and_duplicate_nothing() {
     };
     let mut nodes = Vec::new();
     for id in ["proc-a", "proc-b", "proc-c"] {
-        nodes.push(NodeProcess::start(id, &env(id)).await);
+        nodes.push(NodeProcess::start(id, &env()).await);
     }
     let urls: Vec<String> = nodes.iter().map(NodeProcess::ws_url).collect();
 
     // Clients spread over the nodes; each lists all three, starting at a different one.
     let mut readers = Vec::new();
     let mut logs = Vec::new();
+    let mut counting = Vec::new();
     for i in 0..CLIENTS {
-        let mut cfg = ClientConfig::new(urls[i % 3].clone());
-        cfg.urls.extend((1..3).map(|k| urls[(i + k) % 3].clone()));
+        let list = urls_for(i, &urls);
+        let mut cfg = ClientConfig::new(list[0].clone());
+        cfg.urls.extend(list[1..].iter().cloned());
         cfg.backoff = Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
@@ -73,74 +86,115 @@ async fn drain_kill_and_redis_pause_lose_and_duplicate_nothing() {
         let (log, task) = follow(client);
         logs.push(log);
         readers.push(task);
+        counting.push(CountingClient::start(list, &[TOPIC]));
     }
-    // Wait until every client is subscribed (a first publish reaches all).
     let engine = Publisher::connect(&redis.url, 2).await.expect("publisher");
-    let publishing = {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            let stop_at = tokio::time::Instant::now() + Duration::from_secs(14);
-            while tokio::time::Instant::now() < stop_at {
-                tick.tick().await;
-                // Redis may be paused: retry the same message until it lands.
-                loop {
-                    match engine.publish(TOPIC, &json!({ "n": seq + 1 })).await {
-                        Ok(pos) => {
-                            assert_eq!(pos.seq, seq + 1, "the engine's seqs are gap-free");
-                            seq = pos.seq;
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            }
-            seq
-        })
-    };
-    wait_all_receiving(&logs, Duration::from_secs(10)).await;
+    // Retries are 100 ms apart: 100 of them outlast the 3 s Redis pause many times.
+    let traffic = Traffic::start(engine, TOPIC, Duration::from_millis(5), 100);
+    wait_all_receiving(&logs, Duration::from_secs(20)).await;
+    for c in &counting {
+        c.wait_seq(TOPIC, 1, Duration::from_secs(20)).await;
+    }
+    traffic.phase("before drain");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
     // 1. Drain node a: sessions close with 1012 and clients resume elsewhere.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    traffic.phase("drain");
     nodes[0].terminate();
-    let drain_time = nodes[0].wait_exit(Duration::from_secs(15)).await;
+    let drain_time = nodes[0].wait_exit(Duration::from_secs(30)).await;
     eprintln!("drain of proc-a took {drain_time:?}");
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the drained node left the registry",
         || async { cluster_ids(&nodes[2]).await == ["proc-b", "proc-c"] },
     )
     .await;
+    traffic.phase("after drain");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
     // 2. Kill node b outright.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    traffic.phase("kill");
     nodes[1].kill();
     eventually(
-        Duration::from_secs(8),
+        Duration::from_secs(20),
         "the killed node dropped out of the registry",
         || async { cluster_ids(&nodes[2]).await == ["proc-c"] },
     )
     .await;
+    traffic.phase("after kill");
+    traffic.wait_acked(PER_PHASE, Duration::from_secs(20)).await;
 
-    // 3. Pause Redis for a few seconds.
+    // 3. Pause Redis for three seconds (the length of the fault, not a wait).
+    traffic.phase("redis paused");
     redis.pause().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis.unpause().await;
 
-    let last = publishing.await.expect("publisher task");
-    assert!(last > 500, "the engine published only {last} messages");
-    let reconnected = assert_every_message_exactly_once(&logs, last, Duration::from_secs(30)).await;
+    let report = traffic.finish(200, Duration::from_secs(60)).await;
+    report.assert_acked_in(&[
+        "before drain",
+        "drain",
+        "after drain",
+        "kill",
+        "after kill",
+        "tail",
+    ]);
+    // Redis was frozen: the engine kept trying (what it began then lands after).
+    // Redis was frozen under traffic: a publish begun then waited the pause out.
+    let paused = report.phase("redis paused");
+    assert!(
+        paused.slowest >= Duration::from_secs(2),
+        "no publish waited out the 3 s Redis pause: {:?}",
+        report.phases
+    );
+    let last = report.last_seq;
+
+    let reconnected = assert_every_message_exactly_once(&logs, last, Duration::from_secs(60)).await;
     for (i, l) in logs.iter().enumerate() {
         if i % 3 != 2 {
             let n = l.lock().await.reconnects;
             assert!(
                 n >= 1,
-                "client {i} was on a node that went away but never reconnected"
+                "Rust client {i} was on a node that went away but never reconnected"
             );
         }
     }
-    eprintln!("{reconnected} of {CLIENTS} clients reconnected; {last} messages each");
+    let mut raw_reconnects = 0;
+    for (i, c) in counting.into_iter().enumerate() {
+        c.wait_seq(TOPIC, last, Duration::from_secs(60)).await;
+        let counts = c.stop().await;
+        let who = format!("counting client {i} (nodes {:?})", counts.nodes());
+        counts.topic(TOPIC).assert_exactly_once_up_to(last, &who);
+        let nodes_seen = counts.nodes();
+        // Every client ends on the one node left; those that began on a or b say how
+        // they left it: a drained session closes with 1012, a killed one without a frame.
+        assert_eq!(
+            nodes_seen.last().map(String::as_str),
+            Some("proc-c"),
+            "{who}"
+        );
+        // Exactly the moves the faults force, in URL-list order: a's clients go to b
+        // (the next URL) and on to c when b dies; b's go to c; c's never move.
+        let want: &[&str] = match i % 3 {
+            0 => &["proc-a", "proc-b", "proc-c"],
+            1 => &["proc-b", "proc-c"],
+            _ => &["proc-c"],
+        };
+        assert_eq!(nodes_seen, want, "{who}");
+        match i % 3 {
+            0 => {
+                assert_eq!(counts.connections[0].ended, Ended::Code(1012), "{who}");
+                assert_eq!(counts.connections[1].ended, Ended::NoFrame, "{who}");
+            }
+            1 => assert_eq!(counts.connections[0].ended, Ended::NoFrame, "{who}"),
+            _ => {}
+        }
+        raw_reconnects += counts.reconnects();
+    }
+    eprintln!(
+        "{reconnected} of {CLIENTS} Rust clients reconnected, {raw_reconnects} reconnects of \
+         {CLIENTS} counting clients; {last} messages each"
+    );
     for r in readers {
         r.abort();
     }

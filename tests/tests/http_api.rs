@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_tests::{seqs, start_node, TestNode, ADMIN_TOKEN};
+use sluice_tests::{eventually, seqs, start_node, TestNode, ADMIN_TOKEN};
 
 /// Every admin route, with the body a POST needs.
 const ADMIN_ROUTES: &[(&str, &str)] = &[
@@ -171,7 +171,8 @@ async fn publish_answers_the_position_and_bad_bodies_get_400_with_a_json_error()
 
 #[tokio::test]
 async fn health_reports_exactly_the_spec_fields_with_live_values() {
-    let node = start_node(|_| {}).await;
+    // No heartbeat may add a frame while the test counts them.
+    let node = start_node(|c| c.heartbeat_interval = Duration::from_secs(3600)).await;
     let mut a = node.client().await;
     a.subscribe(json!({"topic": "h.one"})).await;
     let mut b = node.client().await;
@@ -180,6 +181,15 @@ async fn health_reports_exactly_the_spec_fields_with_live_values() {
     node.publish("h.one", json!(1)).await;
     assert_eq!(seqs(&a.recv_pubs(1).await), [1]);
     assert_eq!(seqs(&b.recv_pubs(1).await), [1]);
+    // connected + ack (a); connected + 2 acks (b); one delta each. The counter is
+    // bumped after the write the client already read, so wait for it, then demand
+    // exactly 7 from /health.
+    eventually(
+        Duration::from_secs(10),
+        "7 frames counted as sent",
+        || async { node.frames_sent() >= 7 },
+    )
+    .await;
 
     for path in ["/health", "/ws/health"] {
         let (s, h) = node.get_json(path, None).await;
@@ -218,9 +228,7 @@ async fn health_reports_exactly_the_spec_fields_with_live_values() {
         assert_eq!(h["topics_active"], 2, "{h}");
         assert_eq!(h["redis_connected"], false, "embedded broker: {h}");
         assert!(h["uptime_seconds"].is_u64(), "{h}");
-        // connected + ack (a); connected + 2 acks (b); one delta each.
-        let sent = h["messages_sent"].as_u64().expect("messages_sent");
-        assert!(sent >= 7, "{sent} frames sent: {h}");
+        assert_eq!(h["messages_sent"], 7, "{h}");
     }
 
     drop(a);

@@ -402,10 +402,10 @@ async fn a_frame_over_max_message_bytes_closes_with_1009() {
     .await;
     let (frames, close) = read_until_close(&mut big, Duration::from_secs(10)).await;
     assert_eq!(close, Closed::Code(1009), "frames: {frames:?}");
-    assert!(frames.len() <= 1, "{frames:?}");
-    if let Some(f) = frames.first() {
-        assert_eq!(f["code"], "MESSAGE_TOO_LARGE", "{f}");
-    }
+    // Exactly one frame before the close: the error that says why.
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "error", "{frames:?}");
+    assert_eq!(frames[0]["code"], "MESSAGE_TOO_LARGE", "{frames:?}");
     assert!(
         !frames.iter().any(|f| f["type"] == "pong"),
         "the oversized ping was not answered"

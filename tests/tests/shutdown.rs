@@ -11,7 +11,9 @@ use tokio::time::Instant;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_closes_every_session_with_1012_and_refuses_new_ones() {
     const CLIENTS: usize = 4;
-    let drain = Duration::from_secs(2);
+    // Session i closes at drain * i / n: the last one at 3 s. While it is open the
+    // node is provably draining, which is the window the probes below run in.
+    let drain = Duration::from_secs(4);
     let node = start_node(|cfg| cfg.drain = drain).await;
     let ws_url = node.ws_url("/ws");
     let ready_url = node.http_url("/ready");
@@ -53,8 +55,9 @@ async fn draining_closes_every_session_with_1012_and_refuses_new_ones() {
         })
         .collect();
 
-    // /ready is 503 at once and stays 503 while sessions are still being closed.
-    let deadline = started + Duration::from_millis(500);
+    // /ready turns 503 while sessions are still being closed (readiness is the first
+    // step of the drain, so it must happen before the last session is closed).
+    let deadline = started + Duration::from_secs(10);
     loop {
         let s = status(ready_url.clone()).await;
         if s == 503 {
@@ -62,10 +65,17 @@ async fn draining_closes_every_session_with_1012_and_refuses_new_ones() {
         }
         assert!(
             Instant::now() < deadline,
-            "/ready still {s} 500 ms into the drain"
+            "/ready still {s} 10 s into the drain"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let still_open = |readers: &[tokio::task::JoinHandle<(Closed, Duration)>]| {
+        readers.iter().filter(|r| !r.is_finished()).count()
+    };
+    assert!(
+        still_open(&readers) > 0,
+        "/ready turned 503 only after every session was closed"
+    );
     let (s, health) = {
         let r = http
             .get(&health_url)
@@ -81,12 +91,11 @@ async fn draining_closes_every_session_with_1012_and_refuses_new_ones() {
         Err(code) => assert_eq!(code, 503, "upgrade refused while draining"),
         Ok(_) => panic!("a new upgrade was accepted during the drain"),
     }
-    let probe_at = started.elapsed();
-    assert!(
-        probe_at < drain,
-        "the probes ran within the drain ({probe_at:?})"
-    );
     assert_eq!(status(ready_url.clone()).await, 503, "still draining");
+    assert!(
+        still_open(&readers) > 0,
+        "the probes did not run while the drain was still closing sessions"
+    );
 
     let mut closes = Vec::new();
     for r in readers {
@@ -96,18 +105,21 @@ async fn draining_closes_every_session_with_1012_and_refuses_new_ones() {
         assert_eq!(*code, Closed::Code(1012), "{closes:?}");
     }
     let last = closes.iter().map(|(_, t)| *t).max().expect("closes");
-    // Spread: session i of n closes at drain * i / n, so the last at 1.5 s here.
+    // Spread: session i of n closes at drain * i / n, so the last at 3 s here. A close
+    // is never early, so the lower bound is exact (less the timer's slack); the upper
+    // bound, the drain finishing, is 3× nominal.
+    let nominal_last = drain * (CLIENTS as u32 - 1) / CLIENTS as u32;
     assert!(
-        last >= drain * (CLIENTS as u32 - 1) / CLIENTS as u32 - Duration::from_millis(100),
+        last >= nominal_last - Duration::from_millis(100),
         "closes were not spread over the drain: {closes:?}"
     );
-    assert!(last < drain + Duration::from_secs(1), "{closes:?}");
+    assert!(last <= nominal_last * 3, "{closes:?}");
 
-    tokio::time::timeout(Duration::from_secs(10), shutdown)
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
         .await
         .expect("shutdown returns within the grace period")
         .expect("shutdown task");
-    assert!(started.elapsed() < drain + Duration::from_secs(3));
+    assert!(started.elapsed() <= drain * 3, "{:?}", started.elapsed());
     // The port is closed afterwards.
     assert_eq!(WsClient::try_connect(&ws_url).await.err(), Some(0));
 }
