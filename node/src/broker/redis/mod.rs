@@ -6,7 +6,8 @@
 //! client per reader group for the stream reads, and one subscribed to the doorbell
 //! that `sluice_publish` rings (a subscribed connection can do nothing else).
 
-mod decode;
+// Public only so the fuzz targets (`fuzz/`) can drive the decoder directly.
+pub mod decode;
 mod reader;
 
 use std::{
