@@ -77,7 +77,7 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let (g, e) = (Sha256::digest(given), Sha256::digest(expected));
-    g.as_slice().ct_eq(e.as_slice()).into()
+    g[..].ct_eq(&e[..]).into()
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
