@@ -7,6 +7,7 @@ pub mod error_code;
 pub mod keys;
 pub mod position;
 pub mod protocol;
+pub mod redact;
 pub mod time_fmt;
 pub mod topic;
 

@@ -45,7 +45,8 @@ pub enum PublishError {
     Topic(#[from] crate::topic::TopicError),
     #[error("payload is not serializable to JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("redis: {0}")]
+    /// Shown scrubbed of the URL's secrets: fred's error text may echo its config.
+    #[error("redis: {}", crate::redact::scrub(&.0.to_string()))]
     Redis(#[from] RedisError),
 }
 
@@ -65,6 +66,8 @@ impl Publisher {
     /// Connects a pool of `size` connections to `url` (`redis://…`). The node must
     /// have loaded the function library into that Redis (it does at start-up).
     pub async fn connect(url: &str, size: usize) -> Result<Self, PublishError> {
+        // Before anything can fail, so every error shown later is scrubbed of them.
+        crate::redact::remember_url_secrets(url);
         let config = Config::from_url(url)?;
         let pool = fred::types::Builder::from_config(config).build_pool(size.max(1))?;
         pool.init().await?;

@@ -16,7 +16,7 @@ use std::{
 use jsonwebtoken::{
     decode, decode_header,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse},
     Algorithm, DecodingKey, Validation,
 };
 use serde::Deserialize;
@@ -372,6 +372,14 @@ fn load_jwks(path: &Path) -> Result<(Vec<Key>, Option<SystemTime>), String> {
         serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
+        // A key published for encryption (`use: enc`) must never verify a signature
+        // (RFC 7517 §4.2): an attacker who holds a token encrypted to it gains nothing.
+        if !matches!(
+            jwk.common.public_key_use,
+            None | Some(PublicKeyUse::Signature)
+        ) {
+            continue;
+        }
         let alg = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
@@ -389,7 +397,7 @@ fn load_jwks(path: &Path) -> Result<(Vec<Key>, Option<SystemTime>), String> {
     }
     if keys.is_empty() {
         return Err(format!(
-            "{}: no RS256 or ES256 key in the JWKS",
+            "{}: no RS256 or ES256 signing key in the JWKS",
             path.display()
         ));
     }
@@ -437,6 +445,95 @@ mod tests {
         }
         assert!(alice.may_read(&t("prices.IN1")));
         assert!(ident("root", None, true).may_read(&t("trading.bob")));
+    }
+
+    /// A JWKS file made from the test fixtures' `jwks.json` with key `k1` (RSA) given
+    /// `use: rsa_use`, and an authenticator reading it.
+    fn jwks_auth(rsa_use: Option<&str>) -> Result<Authenticator, String> {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let text = std::fs::read_to_string(fixtures.join("jwks.json")).unwrap();
+        let mut set: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match rsa_use {
+            Some(u) => set["keys"][0]["use"] = u.into(),
+            None => {
+                set["keys"][0].as_object_mut().unwrap().remove("use");
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "sluice-jwks-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, set.to_string()).unwrap();
+        let mut cfg = Config::for_tests();
+        cfg.jwt_key = Some(JwtKey::JwksFile(path.clone()));
+        cfg.auth = AuthMode::Required;
+        let auth = Authenticator::from_config(&cfg);
+        let _ = std::fs::remove_file(path);
+        auth
+    }
+
+    fn signed(alg: Algorithm, kid: &str, pem_file: &str) -> String {
+        let pem = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures")
+                .join(pem_file),
+        )
+        .unwrap();
+        let key = match alg {
+            Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.into());
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &key,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_whose_use_is_not_sig_are_ignored() {
+        let rsa = signed(Algorithm::RS256, "k1", "rsa_private.pem");
+        let ec = signed(Algorithm::ES256, "k2", "ec_private.pem");
+        // `use: sig` and no `use` at all both verify.
+        for u in [Some("sig"), None] {
+            let auth = jwks_auth(u).unwrap();
+            assert_eq!(auth.verify(&rsa).unwrap().sub, "alice", "use {u:?}");
+        }
+        // `use: enc` (or anything else): that key is skipped, the others still work.
+        for u in ["enc", "wrap"] {
+            let auth = jwks_auth(Some(u)).unwrap();
+            match auth.verify(&rsa) {
+                Err(AuthError::Invalid(msg)) => assert!(msg.contains("kid"), "{msg}"),
+                other => panic!("use {u}: a token of an encryption key verified: {other:?}"),
+            }
+            assert_eq!(auth.verify(&ec).unwrap().sub, "alice");
+        }
+    }
+
+    #[test]
+    fn a_jwks_with_only_encryption_keys_is_refused_at_start() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let text = std::fs::read_to_string(fixtures.join("jwks.json")).unwrap();
+        let mut set: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for k in set["keys"].as_array_mut().unwrap() {
+            k["use"] = "enc".into();
+        }
+        let path = std::env::temp_dir().join(format!(
+            "sluice-jwks-enc-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, set.to_string()).unwrap();
+        let err = load_jwks(&path).err().unwrap();
+        let _ = std::fs::remove_file(path);
+        assert!(err.contains("no RS256 or ES256 signing key"), "{err}");
     }
 
     #[test]

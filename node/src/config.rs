@@ -17,6 +17,9 @@ pub const JWT_PUBLIC_KEY: &str = "SLUICE_JWT_PUBLIC_KEY";
 pub const JWKS_FILE: &str = "SLUICE_JWKS_FILE";
 pub const AUTH: &str = "SLUICE_AUTH";
 pub const ADMIN_TOKEN: &str = "SLUICE_ADMIN_TOKEN";
+/// Shortest `SLUICE_JWT_SECRET` / `SLUICE_ADMIN_TOKEN` accepted (256 bits, as HS256's
+/// key length; RFC 7518 §3.2 asks for at least that).
+pub const MIN_SECRET_BYTES: usize = 32;
 pub const HISTORY_SIZE: &str = "SLUICE_HISTORY_SIZE";
 pub const HISTORY_TTL: &str = "SLUICE_HISTORY_TTL";
 pub const MAX_CONNECTIONS: &str = "SLUICE_MAX_CONNECTIONS";
@@ -60,7 +63,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "hostname or a uuid",
         "this node's name in logs, /health and the cluster registry",
     ),
-    (JWT_SECRET, "(none)", "HS256 secret"),
+    (JWT_SECRET, "(none)", "HS256 secret, at least 32 bytes"),
     (
         JWT_PUBLIC_KEY,
         "(none)",
@@ -75,7 +78,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         ADMIN_TOKEN,
         "(none: only admin JWTs, or 403 without a JWT key)",
-        "bearer token for publish and admin HTTP endpoints",
+        "bearer token for publish and admin HTTP endpoints, at least 32 bytes",
     ),
     (HISTORY_SIZE, "10000", "entries kept per topic"),
     (
@@ -349,7 +352,9 @@ impl Config {
         let redis_url = p.get(REDIS_URL).and_then(|v| match check_redis_url(&v) {
             Ok(()) => Some(v),
             Err(e) => {
-                p.errors.push(format!("{REDIS_URL}={v:?}: {e}"));
+                // The URL may carry a password: print it redacted.
+                let shown = sluice_common::redact::redact_url(&v);
+                p.errors.push(format!("{REDIS_URL}={shown:?}: {e}"));
                 None
             }
         });
@@ -369,6 +374,9 @@ impl Config {
             ));
         }
         let jwt_key = keys.into_iter().next();
+        if let Some(JwtKey::Secret(s)) = &jwt_key {
+            p.check_secret_len(JWT_SECRET, s);
+        }
         if let Some(key) = &jwt_key {
             if let JwtKey::PublicKeyFile(path) | JwtKey::JwksFile(path) = key {
                 if !path.is_file() {
@@ -398,6 +406,9 @@ impl Config {
             ));
         }
         let admin_token = p.get(ADMIN_TOKEN);
+        if let Some(t) = &admin_token {
+            p.check_secret_len(ADMIN_TOKEN, t);
+        }
         let history_size = p.int(HISTORY_SIZE, 10_000, 1, 10_000_000);
         let history_ttl = Duration::from_secs(p.int(HISTORY_TTL, 86_400, 1, 365 * 86_400) as u64);
         let max_connections = p.int(MAX_CONNECTIONS, 100_000, 1, 10_000_000);
@@ -516,6 +527,17 @@ impl Parser<'_> {
                     default
                 }
             },
+        }
+    }
+
+    /// A short HS256 secret or admin token can be brute-forced offline (from one
+    /// token) or online; the value itself is never printed.
+    fn check_secret_len(&mut self, key: &str, value: &str) {
+        if value.len() < MIN_SECRET_BYTES {
+            self.errors.push(format!(
+                "{key}: must be at least {MIN_SECRET_BYTES} bytes (value not shown); \
+                 e.g. `openssl rand -hex 32`"
+            ));
         }
     }
 
@@ -676,13 +698,46 @@ mod tests {
 
     #[test]
     fn a_jwt_key_makes_auth_required_by_default() {
-        let c = with(&[(JWT_SECRET, "s3cret")]).unwrap();
+        let secret = "a-jwt-secret-of-at-least-32-bytes";
+        let c = with(&[(JWT_SECRET, secret)]).unwrap();
         assert_eq!(c.auth, AuthMode::Required);
-        assert_eq!(c.jwt_key, Some(JwtKey::Secret("s3cret".into())));
+        assert_eq!(c.jwt_key, Some(JwtKey::Secret(secret.into())));
         assert_eq!(
-            with(&[(JWT_SECRET, "s"), (AUTH, "off")]).unwrap().auth,
+            with(&[(JWT_SECRET, secret), (AUTH, "off")]).unwrap().auth,
             AuthMode::Off
         );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_with_one_line_each_that_never_shows_them() {
+        let err = with(&[
+            (JWT_SECRET, "short-jwt-secret-31-bytes-long!"),
+            (ADMIN_TOKEN, "tiny-admin"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].starts_with(JWT_SECRET), "{err}");
+        assert!(err.0[1].starts_with(ADMIN_TOKEN), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("at least 32 bytes"), "{text}");
+        assert!(!text.contains("short-jwt-secret"), "{text}");
+        assert!(!text.contains("tiny-admin"), "{text}");
+        // Exactly 32 bytes is enough.
+        let c = with(&[
+            (JWT_SECRET, "j".repeat(32).as_str()),
+            (ADMIN_TOKEN, "a".repeat(32).as_str()),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref().map(str::len), Some(32));
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_reported_without_its_password() {
+        let err = with(&[(REDIS_URL, "http://user:hunter2-secret@cache:6379")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with(REDIS_URL), "{err}");
+        assert!(!err.0[0].contains("hunter2-secret"), "{err}");
+        assert!(err.0[0].contains("user:***@cache:6379"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio_tungstenite::{
 };
 
 /// The admin token every test node is configured with.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-at-least-32-bytes-long";
 /// How long a test waits for any single expected frame.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -18,7 +18,7 @@ use sluice_tests::{
     start_node, Closed, TestNode, WsClient, ADMIN_TOKEN,
 };
 
-const SECRET: &str = "auth-tests-hs256-secret";
+const SECRET: &str = "auth-tests-hs256-secret-of-32-bytes-or-more";
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "sluice-gateway";
 const AUTH_FAILURES: &str = "sluice_auth_failures_total";

@@ -1,17 +1,27 @@
 //! The connection task: connect, resubscribe with positions, read and deduplicate,
 //! and on any loss back off and do it again.
 
-use std::{collections::VecDeque, io::Read, sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
-    MaybeTlsStream, WebSocketStream,
+    tungstenite::{
+        client::IntoClientRequest,
+        http::HeaderValue,
+        protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
+        Message,
+    },
+    Connector, MaybeTlsStream, WebSocketStream,
 };
 
-use super::{backoff::Jitter, tracker::Tracker, ClientConfig, ClientState, Command, Event, Shared};
+use super::{
+    backoff::Jitter,
+    inflate::{gunzip, InflateError},
+    tracker::Tracker,
+    ClientConfig, ClientState, Command, Event, Shared,
+};
 use crate::{
     close_code::CloseCode,
     error_code::ErrorCode,
@@ -51,6 +61,9 @@ enum Ended {
     ByUser,
     /// Lost; reconnect unless the close code says not to.
     Lost { code: Option<u16> },
+    /// The client closed it for a reason retrying cannot fix (a frame over a
+    /// limit); the reason is already in `last_error`.
+    Refused,
 }
 
 struct Conn {
@@ -63,6 +76,11 @@ struct Conn {
     offline: VecDeque<Value>,
     /// Topics resubscribed with a position on this connection (acks report `resumed`).
     resumed: std::collections::HashSet<String>,
+    /// The heartbeat interval of the current connection, known once its `connected`
+    /// frame arrived: how long it must live before the backoff starts over.
+    heartbeat: Option<Duration>,
+    /// TLS for `wss://`: the caller's, or the system roots' built on first use.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub(super) async fn run(
@@ -72,6 +90,7 @@ pub(super) async fn run(
     shared: Arc<Shared>,
 ) {
     let seed = time_fmt::now_ms() as u64 ^ (Arc::as_ptr(&shared) as u64);
+    let tls = config.tls.clone();
     let mut conn = Conn {
         config,
         commands,
@@ -80,6 +99,8 @@ pub(super) async fn run(
         tracker: Tracker::default(),
         offline: VecDeque::new(),
         resumed: Default::default(),
+        heartbeat: None,
+        tls,
     };
     let mut jitter = Jitter::new(seed);
     let mut failures: u32 = 0;
@@ -93,7 +114,11 @@ pub(super) async fn run(
             ClientState::Connecting
         })
         .await;
-        match connect(&url, conn.config.token.as_deref()).await {
+        let connected = match conn.connector(&url) {
+            Ok(tls) => connect(&url, conn.config.token.as_deref(), tls).await,
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(ws) => {
                 if ever_connected {
                     conn.shared
@@ -102,9 +127,17 @@ pub(super) async fn run(
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 ever_connected = true;
-                failures = 0;
-                match conn.serve(ws).await {
-                    Ended::ByUser => break,
+                let started = tokio::time::Instant::now();
+                conn.heartbeat = None;
+                let ended = conn.serve(ws).await;
+                // Only a connection that lived one heartbeat interval proves the
+                // server is healthy. One that is accepted and dropped at once (a
+                // crashing node, a proxy with no backend) counts as a failure, or
+                // every client would hammer it at the base delay forever.
+                let lived = conn.heartbeat.is_some_and(|hb| started.elapsed() >= hb);
+                failures = if lived { 0 } else { failures.saturating_add(1) };
+                match ended {
+                    Ended::ByUser | Ended::Refused => break,
                     Ended::Lost { code } => {
                         let stop = code
                             .and_then(CloseCode::from_code)
@@ -117,6 +150,9 @@ pub(super) async fn run(
                         // 1012: that node is draining; go straight to the next URL.
                         if code == Some(CloseCode::NodeDraining.code()) {
                             url_index += 1;
+                        }
+                        if !lived && conn.config.max_attempts.is_some_and(|m| failures >= m) {
+                            break;
                         }
                     }
                 }
@@ -138,13 +174,13 @@ pub(super) async fn run(
     conn.set_state(ClientState::Disconnected).await;
 }
 
-async fn connect(url: &str, token: Option<&str>) -> Result<Ws, String> {
+async fn connect(url: &str, token: Option<&str>, tls: Option<Connector>) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     if let Some(t) = token {
         let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| e.to_string())?;
         req.headers_mut().insert("authorization", v);
     }
-    let connecting = tokio_tungstenite::connect_async(req);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(req, None, false, tls);
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(e.to_string()),
@@ -152,15 +188,27 @@ async fn connect(url: &str, token: Option<&str>) -> Result<Ws, String> {
     }
 }
 
-fn gunzip(data: &[u8]) -> Option<String> {
-    let mut s = String::new();
-    flate2::read::GzDecoder::new(data)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
-}
-
 impl Conn {
+    /// The TLS connector for `url`: none for `ws://`; for `wss://` the configured
+    /// one, or one trusting the system roots, built once.
+    fn connector(&mut self, url: &str) -> Result<Option<Connector>, String> {
+        if !url
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("wss://"))
+        {
+            return Ok(None);
+        }
+        let tls = match &self.tls {
+            Some(t) => t.clone(),
+            None => {
+                let t = super::tls_system_roots()?;
+                self.tls = Some(t.clone());
+                t
+            }
+        };
+        Ok(Some(Connector::Rustls(tls)))
+    }
+
     async fn set_state(&self, s: ClientState) {
         self.shared.set_state(s);
         let _ = self.events.send(Event::State(s)).await;
@@ -214,6 +262,7 @@ impl Conn {
             .unwrap_or(self.config.ping_interval)
             .min(self.config.ping_interval)
             .max(Duration::from_millis(100));
+        self.heartbeat = Some(heartbeat.unwrap_or(self.config.ping_interval));
         let silence = tokio::time::sleep(dead_after);
         tokio::pin!(silence);
         self.resumed.clear();
@@ -278,12 +327,13 @@ impl Conn {
                         let retry = self.on_text(t.as_str()).await;
                         self.schedule_retries(retry, &mut retries, &mut jitter);
                     }
-                    Some(Ok(Message::Binary(b))) => match gunzip(&b) {
-                        Some(t) => {
+                    Some(Ok(Message::Binary(b))) => match gunzip(&b, self.config.max_inflated_bytes) {
+                        Ok(t) => {
                             let retry = self.on_text(&t).await;
                             self.schedule_retries(retry, &mut retries, &mut jitter);
                         }
-                        None => self.shared.set_error("binary frame is not gzip"),
+                        Err(InflateError::Invalid) => self.shared.set_error("binary frame is not gzip of UTF-8 text"),
+                        Err(InflateError::TooLarge) => return self.refuse_inflated(&mut ws).await,
                     },
                     Some(Ok(Message::Close(f))) => {
                         let (code, reason) = f.map_or((None, String::new()), |f| (Some(u16::from(f.code)), f.reason.to_string()));
@@ -320,6 +370,24 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// A compressed frame inflated past `max_inflated_bytes`: close with 1009 and
+    /// stop, as for a server's 1009 (reconnecting would fetch the same frame again).
+    async fn refuse_inflated(&mut self, ws: &mut Ws) -> Ended {
+        let reason = format!(
+            "a compressed frame inflates past max_inflated_bytes ({} bytes); refused",
+            self.config.max_inflated_bytes
+        );
+        self.shared.set_error(reason.clone());
+        let close = CloseFrame {
+            code: WsCloseCode::Size,
+            reason: "compressed frame too large".into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(Some(close))).await;
+        let code = Some(CloseCode::TooLarge.code());
+        let _ = self.events.send(Event::Closed { code, reason }).await;
+        Ended::Refused
     }
 
     /// One text frame: a single envelope or a batch (JSON array). Returns the

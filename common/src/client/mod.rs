@@ -7,9 +7,14 @@
 //! already delivered, and reports `recovered: false` to the application (its state
 //! must then be rebuilt from the snapshot that follows). Frames sent while offline
 //! wait in a bounded queue that drops its oldest entry when full.
+//!
+//! `wss://` goes through rustls. The backoff between attempts grows while
+//! connections keep failing or dying young, and starts over only after a connection
+//! has lived one heartbeat interval.
 
 mod backoff;
 mod conn;
+mod inflate;
 mod tracker;
 
 use std::{
@@ -24,6 +29,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub use backoff::{Backoff, Jitter};
+pub use inflate::{gunzip, InflateError};
+/// The rustls the client is built with, for callers that build [`ClientConfig::tls`]
+/// themselves.
+pub use rustls;
 pub use tracker::Tracker;
 
 use crate::protocol::ServerFrame;
@@ -45,6 +54,56 @@ pub struct ClientConfig {
     /// Events buffered for the application before the client stops reading the
     /// socket (the server then treats it as a slow consumer and it resumes).
     pub event_buffer: usize,
+    /// Largest text a compressed (gzip) binary frame may inflate to. A frame past it
+    /// is refused and the connection closed with 1009, without reconnecting: a
+    /// gzip bomb costs at most this much memory, never more.
+    pub max_inflated_bytes: usize,
+    /// TLS settings for `wss://` URLs; `None`: the system's root certificates. Use
+    /// [`tls_trusting`] to trust a private CA or a self-signed certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Default of [`ClientConfig::max_inflated_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_INFLATED_BYTES: usize = 16 << 20;
+
+/// A TLS configuration that trusts exactly `roots` (DER certificates), for
+/// [`ClientConfig::tls`].
+pub fn tls_trusting(
+    roots: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .map_err(|e| format!("bad root certificate: {e}"))?;
+    }
+    tls_with(store)
+}
+
+/// A TLS configuration that trusts the system's root certificates.
+pub fn tls_system_roots() -> Result<Arc<rustls::ClientConfig>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no usable root certificates in the system store ({} errors); set ClientConfig::tls",
+            found.errors.len()
+        ));
+    }
+    tls_with(store)
+}
+
+/// The ring provider is named here rather than installed process-wide, so the
+/// client works whatever else in the program uses rustls.
+fn tls_with(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl ClientConfig {
@@ -57,6 +116,8 @@ impl ClientConfig {
             offline_queue: 1000,
             ping_interval: Duration::from_secs(15),
             event_buffer: 10_000,
+            max_inflated_bytes: DEFAULT_MAX_INFLATED_BYTES,
+            tls: None,
         }
     }
 }

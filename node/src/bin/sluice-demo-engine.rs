@@ -636,7 +636,7 @@ async fn run(settings: Settings) {
                     };
                     match connected {
                         Ok(Ok(p)) => {
-                            info!(redis = %settings.redis_url, "connected to Redis");
+                            info!(redis = %sluice_common::redact::redact_url(&settings.redis_url), "connected to Redis");
                             publisher = Some(p.clone());
                             p
                         }

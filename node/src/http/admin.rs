@@ -47,7 +47,7 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     };
     if let Some(expected) = st.config.admin_token.as_deref() {
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        if token_matches(given.as_bytes(), expected.as_bytes()) {
             return Ok(());
         }
     }
@@ -69,8 +69,15 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Err(forbidden("wrong admin token"))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares SHA-256 digests of both sides in constant time: comparing the tokens
+/// themselves would leak their length (an early length check) and, with a
+/// short-circuiting compare, the length of the matching prefix. Digests have a
+/// fixed length and `subtle` keeps the comparison branch-free.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (g, e) = (Sha256::digest(given), Sha256::digest(expected));
+    g[..].ct_eq(&e[..]).into()
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -244,8 +251,25 @@ mod tests {
         assert_eq!(ok.kind, PublishKind::Alert);
         assert_eq!(ok.payload, r#"{"x":1}"#);
         assert_eq!(ok.snapshot.as_deref(), Some(r#"{"s":1}"#));
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn the_admin_token_compare_accepts_only_the_exact_token() {
+        let right = b"the-admin-token-of-at-least-32-bytes";
+        assert!(token_matches(right, right));
+        assert!(!token_matches(
+            b"the-admin-token-of-at-least-32-bytez",
+            right
+        ));
+        assert!(!token_matches(
+            b"the-admin-token-of-at-least-32-byte",
+            right
+        ));
+        assert!(!token_matches(
+            b"the-admin-token-of-at-least-32-bytess",
+            right
+        ));
+        assert!(!token_matches(b"", right));
+        assert!(!token_matches(&right.to_ascii_uppercase(), right));
     }
 }

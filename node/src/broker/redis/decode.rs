@@ -11,12 +11,12 @@ use crate::broker::{Pub, Publication};
 
 /// Shares one allocation per epoch string among all publications of that epoch.
 #[derive(Debug, Default)]
-pub(crate) struct EpochCache {
+pub struct EpochCache {
     epochs: HashMap<String, Arc<str>>,
 }
 
 impl EpochCache {
-    pub(crate) fn get(&mut self, epoch: &str) -> Arc<str> {
+    pub fn get(&mut self, epoch: &str) -> Arc<str> {
         if let Some(e) = self.epochs.get(epoch) {
             return e.clone();
         }
@@ -30,7 +30,7 @@ impl EpochCache {
 }
 
 /// Builds the publication for one entry; `None` if the entry is not one of ours.
-pub(crate) fn decode_entry(
+pub fn decode_entry(
     topic: &Topic,
     id: &str,
     fields: &HashMap<String, Bytes>,

@@ -6,7 +6,8 @@
 //! client per reader group for the stream reads, and one subscribed to the doorbell
 //! that `sluice_publish` rings (a subscribed connection can do nothing else).
 
-mod decode;
+// Public only so the fuzz targets (`fuzz/`) can drive the decoder directly.
+pub mod decode;
 mod reader;
 
 use std::{
@@ -30,7 +31,7 @@ use fred::{
         Builder, Expiration,
     },
 };
-use sluice_common::{keys, time_fmt, StreamPosition, Topic};
+use sluice_common::{keys, redact, time_fmt, StreamPosition, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -121,12 +122,18 @@ fn parse_url(url: &str) -> Result<RedisConfig, BrokerError> {
     if url.starts_with("redis+cluster") || url.starts_with("redis-cluster") {
         return Err(unsupported("Redis Cluster"));
     }
-    RedisConfig::from_url(url)
-        .map_err(|e| BrokerError::Unavailable(format!("REDIS_URL {url:?}: {e}")))
+    RedisConfig::from_url(url).map_err(|e| {
+        BrokerError::Unavailable(redact::scrub(&format!(
+            "REDIS_URL {:?}: {e}",
+            redact::redact_url(url)
+        )))
+    })
 }
 
+/// Every fred error leaves this module through here (or through `redact::scrub`
+/// directly): fred may echo its configuration, password included, in error text.
 fn unavailable(e: RedisError) -> BrokerError {
-    BrokerError::Unavailable(e.details().to_owned())
+    BrokerError::Unavailable(redact::scrub(e.details()))
 }
 
 impl RedisBroker {
@@ -138,6 +145,9 @@ impl RedisBroker {
         history_size: usize,
         history_ttl: Duration,
     ) -> Result<Arc<Self>, BrokerError> {
+        // Before anything can fail: from here on every error text is scrubbed of it.
+        redact::remember_url_secrets(url);
+        let shown = redact::redact_url(url);
         let config = parse_url(url)?;
         let mut config = config;
         // Keep retrying when Redis is down at start-up: the node starts not ready
@@ -176,9 +186,9 @@ impl RedisBroker {
                 broker.load_library().await?;
                 broker.connected.store(true, Ordering::Release);
                 metrics.redis_connected.set(1.0);
-                info!(%url, "connected to Redis; function library loaded");
+                info!(url = %shown, "connected to Redis; function library loaded");
             }
-            _ => warn!(%url, "Redis is unreachable; starting not ready and retrying"),
+            _ => warn!(url = %shown, "Redis is unreachable; starting not ready and retrying"),
         }
         let mut tasks = Vec::new();
         for g in &broker.groups {
@@ -206,7 +216,7 @@ impl RedisBroker {
             .map_err(|e| {
                 BrokerError::Unavailable(format!(
                     "loading the sluice function library: {}",
-                    e.details()
+                    redact::scrub(e.details())
                 ))
             })
     }

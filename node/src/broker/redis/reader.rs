@@ -264,7 +264,7 @@ impl ReaderGroup {
                 }
                 Err(e) => {
                     if !failing {
-                        warn!(error = %e, "stream read failed; retrying");
+                        warn!(error = %sluice_common::redact::scrub(&e.to_string()), "stream read failed; retrying");
                     }
                     failing = true;
                     self.lock().dirty.extend(topics);
@@ -354,7 +354,7 @@ pub(super) async fn doorbell(
     let ring_all = || groups.iter().for_each(|g| g.ring_all());
     let subscribe = || async {
         if let Err(e) = client.subscribe(DOORBELL).await {
-            warn!(error = %e, "subscribing to the doorbell failed; reads fall back to the sweep");
+            warn!(error = %sluice_common::redact::scrub(&e.to_string()), "subscribing to the doorbell failed; reads fall back to the sweep");
         }
     };
     let _ = client.wait_for_connect().await;
