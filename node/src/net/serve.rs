@@ -188,9 +188,9 @@ async fn read_proxy_header(
     }
 }
 
-/// Serves HTTP/1.1 on `io` with hyper's header timeout set to what is left of the
-/// handshake deadline. The same timeout then bounds how long an idle keep-alive
-/// connection waits for its next request.
+/// Serves HTTP/1.1 on `io`: the first request's headers must be complete by
+/// `deadline`; hyper's header timeout, set to what was left of it, then bounds how
+/// long an idle keep-alive connection waits for its next request.
 async fn http<I>(io: I, accepted: Accepted, deadline: Instant, router: Router, st: Arc<AppState>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
