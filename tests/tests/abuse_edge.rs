@@ -169,6 +169,69 @@ async fn a_slowloris_socket_is_closed_within_the_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_http2_preface_is_closed_within_the_handshake_timeout() {
+    // The bytes an HTTP/2 client opens with, one a second: before hyper even knows
+    // it is HTTP/1, the handshake deadline must already be running.
+    let node = start_node(|c| c.handshake_timeout = Duration::from_secs(2)).await;
+    let tcp = TcpStream::connect(node.addr).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf))
+        .await
+        .expect("closed within 30 s");
+    let took = start.elapsed();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(took >= Duration::from_millis(1500), "closed after {took:?}");
+    assert!(took < Duration::from_secs(6), "closed after {took:?}");
+    writer.abort();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() {
+    let node = start_node(|c| c.handshake_timeout = Duration::from_secs(2)).await;
+    let mut tcp = TcpStream::connect(node.addr).await.expect("connect");
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    // Read the whole answer (its body is JSON, so it ends with '}').
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"}") {
+        let n = tokio::time::timeout(RECV_TIMEOUT, tcp.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Kept alive, then closed once no next request came within the timeout.
+    let start = Instant::now();
+    let (closed, more) = wait_closed(tcp, None, Duration::from_secs(30)).await;
+    let took = closed - start;
+    assert!(more.is_empty(), "{:?}", String::from_utf8_lossy(&more));
+    assert!(took >= Duration::from_millis(1000), "closed after {took:?}");
+    assert!(took < Duration::from_secs(6), "closed after {took:?}");
+}
+
+#[tokio::test]
 async fn a_silent_socket_is_closed_within_the_handshake_timeout() {
     let node = start_node(|c| c.handshake_timeout = Duration::from_secs(2)).await;
     let tcp = TcpStream::connect(node.addr).await.expect("connect");
