@@ -69,7 +69,8 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Err(forbidden("wrong admin token"))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time that does not depend on where they differ.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -172,6 +173,8 @@ pub async fn connections(
                 "last_heartbeat": time_fmt::format_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed)),
                 "subscriptions": subs,
                 "user": s.user,
+                "device_type": s.device_type,
+                "client_version": s.client_version,
             })
         })
         .collect();
