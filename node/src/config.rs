@@ -45,6 +45,7 @@ pub const MAX_TOPICS: &str = "SLUICE_MAX_TOPICS";
 pub const HANDSHAKE_TIMEOUT: &str = "SLUICE_HANDSHAKE_TIMEOUT";
 pub const PROXY_PROTOCOL: &str = "SLUICE_PROXY_PROTOCOL";
 pub const TRUSTED_PROXIES: &str = "SLUICE_TRUSTED_PROXIES";
+pub const LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 
 /// The default subscribe-rate table: per topic class, burst / refill per minute.
 pub const DEFAULT_SUBSCRIBE_LIMITS: &str =
@@ -181,6 +182,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "(none)",
         "comma-separated CIDRs whose X-Forwarded-For is believed",
     ),
+    (
+        LOG_FORMAT,
+        "text",
+        "text | json: one JSON object per log line, for log collectors",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +244,8 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// `SLUICE_LOG_FORMAT=json`: log lines as JSON objects.
+    pub log_json: bool,
 }
 
 /// Subscribe-rate limits per topic class.
@@ -458,6 +466,11 @@ impl Config {
                 .map(|c| c.parse::<Cidr>().map_err(|e| format!("{c:?}: {e}")))
                 .collect()
         });
+        let log_json = p.parse(LOG_FORMAT, false, |v| match v {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("expected 'text' or 'json'".into()),
+        });
         if !p.errors.is_empty() {
             return Err(ConfigError(p.errors));
         }
@@ -493,6 +506,7 @@ impl Config {
             handshake_timeout,
             proxy_protocol,
             trusted_proxies,
+            log_json,
         })
     }
 

@@ -3,13 +3,17 @@
 //! Each node owns its own Prometheus recorder instead of installing a process-global
 //! one, so several nodes in one process (the integration tests) keep separate counts.
 //! Handles are registered once; updating one is an atomic add on the hot path.
+//! Labels come from fixed sets only (error codes, close codes), never from a topic
+//! or a user: a label per topic would grow the scrape without bound.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use metrics::{Counter, Gauge, Histogram, Key, Metadata, Recorder, Unit};
+use axum::extract::ws::Message;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use sluice_common::ErrorCode;
 
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
@@ -22,10 +26,109 @@ pub const AUTH_FAILURES: &str = "sluice_auth_failures_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
 pub const PUBLISHED: &str = "sluice_published_total";
 pub const REDIS_CONNECTED: &str = "sluice_redis_connected";
+pub const HEARTBEATS_SENT: &str = "sluice_heartbeats_sent_total";
+pub const SUBSCRIBES: &str = "sluice_subscribes_total";
+pub const UNSUBSCRIBES: &str = "sluice_unsubscribes_total";
+pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
+pub const ERRORS: &str = "sluice_errors_total";
+pub const DISCONNECTS: &str = "sluice_disconnects_total";
+pub const MAILBOX_DEPTH: &str = "sluice_mailbox_depth";
+pub const OUTBOUND_BYTES: &str = "sluice_outbound_message_bytes";
+pub const CONNECTIONS_MAX: &str = "sluice_connections_max";
+pub const READY: &str = "sluice_ready";
+pub const PROCESS_RSS: &str = "sluice_process_resident_memory_bytes";
+pub const PROCESS_FDS: &str = "sluice_process_open_fds";
+
+/// Every error code a session can send, in the order of [`error_index`].
+const ERROR_CODES: [ErrorCode; 11] = [
+    ErrorCode::AuthRequired,
+    ErrorCode::AuthInvalid,
+    ErrorCode::TokenExpired,
+    ErrorCode::Forbidden,
+    ErrorCode::InvalidMessage,
+    ErrorCode::UnknownType,
+    ErrorCode::InvalidTopic,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::TooManySubscriptions,
+    ErrorCode::RateLimitExceeded,
+    ErrorCode::InternalError,
+];
+
+/// The position of `code` in [`ERROR_CODES`]; exhaustive, so a new code cannot be
+/// forgotten here.
+const fn error_index(code: ErrorCode) -> usize {
+    match code {
+        ErrorCode::AuthRequired => 0,
+        ErrorCode::AuthInvalid => 1,
+        ErrorCode::TokenExpired => 2,
+        ErrorCode::Forbidden => 3,
+        ErrorCode::InvalidMessage => 4,
+        ErrorCode::UnknownType => 5,
+        ErrorCode::InvalidTopic => 6,
+        ErrorCode::MessageTooLarge => 7,
+        ErrorCode::TooManySubscriptions => 8,
+        ErrorCode::RateLimitExceeded => 9,
+        ErrorCode::InternalError => 10,
+    }
+}
+
+/// The `code` label of a session's end: the close codes of SPEC §3, `none` when no
+/// close frame was sent (the client left or the connection broke), `other` for a
+/// code outside the set (none today).
+const CLOSE_LABELS: [&str; 10] = [
+    "1000", "1008", "1009", "1011", "1012", "1013", "4008", "4029", "none", "other",
+];
+
+fn close_index(code: Option<u16>) -> usize {
+    match code {
+        Some(1000) => 0,
+        Some(1008) => 1,
+        Some(1009) => 2,
+        Some(1011) => 3,
+        Some(1012) => 4,
+        Some(1013) => 5,
+        Some(4008) => 6,
+        Some(4029) => 7,
+        None => 8,
+        Some(_) => 9,
+    }
+}
 
 /// Delivery latency buckets, seconds: sub-millisecond up to seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Connection lifetimes, seconds: from a reconnecting client's few seconds to a
+/// trading day.
+const DURATION_BUCKETS: &[f64] = &[
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+];
+/// Publications waiting in a session's mailbox when it starts a burst. Powers of 4
+/// up to past the default `SLUICE_QUEUE_SIZE` (1024): a depth near the queue size
+/// is a session about to be closed as slow.
+const DEPTH_BUCKETS: &[f64] = &[0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
+/// Frame sizes written to clients, bytes: heartbeats (~40) up to the largest batch.
+const BYTES_BUCKETS: &[f64] = &[
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
 ];
 
 /// The node's metrics, plus the few plain counters `/health` reports.
@@ -43,6 +146,20 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub published: Counter,
     pub redis_connected: Gauge,
+    pub heartbeats_sent: Counter,
+    pub subscribes: Counter,
+    pub unsubscribes: Counter,
+    pub connection_duration: Histogram,
+    /// Error frames sent to clients, one counter per code of [`ERROR_CODES`].
+    errors: Vec<Counter>,
+    /// Ended sessions, one counter per label of [`CLOSE_LABELS`].
+    disconnects: Vec<Counter>,
+    pub mailbox_depth: Histogram,
+    pub outbound_bytes: Histogram,
+    connections_max: Gauge,
+    ready: Gauge,
+    process_rss: Gauge,
+    process_fds: Gauge,
     /// Plain copies of the counters `/health` shows (Prometheus handles can't be read back).
     pub active: AtomicI64,
     pub handled: AtomicU64,
@@ -59,6 +176,18 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(CONNECTION_DURATION.into()),
+                    DURATION_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(MAILBOX_DEPTH.into()), DEPTH_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(OUTBOUND_BYTES.into()), BYTES_BUCKETS)
+            })
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -70,6 +199,22 @@ impl Metrics {
         let gauge = |name: &'static str, help: &'static str| {
             recorder.describe_gauge(name.into(), None, help.into());
             recorder.register_gauge(&Key::from_static_name(name), &meta)
+        };
+        let histogram = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_histogram(name.into(), unit, help.into());
+            recorder.register_histogram(&Key::from_static_name(name), &meta)
+        };
+        // Every label value is registered up front, so a scrape shows each at 0
+        // before it first happens (rate() and alerts need the series to exist).
+        let labelled = |name: &'static str, help: &'static str, values: &[&'static str]| {
+            recorder.describe_counter(name.into(), None, help.into());
+            values
+                .iter()
+                .map(|v| {
+                    let key = Key::from_parts(name, vec![Label::new("code", *v)]);
+                    recorder.register_counter(&key, &meta)
+                })
+                .collect::<Vec<_>>()
         };
         Metrics {
             connections_active: gauge(CONNECTIONS_ACTIVE, "WebSocket sessions open now"),
@@ -91,14 +236,43 @@ impl Metrics {
             auth_failures: counter(AUTH_FAILURES, "refused tokens"),
             published: counter(PUBLISHED, "messages published through this node"),
             redis_connected: gauge(REDIS_CONNECTED, "1 while the node reaches Redis"),
-            delivery_latency: {
-                recorder.describe_histogram(
-                    DELIVERY_LATENCY.into(),
-                    Some(Unit::Seconds),
-                    "time from publish to socket write".into(),
-                );
-                recorder.register_histogram(&Key::from_static_name(DELIVERY_LATENCY), &meta)
-            },
+            heartbeats_sent: counter(HEARTBEATS_SENT, "heartbeat frames sent to clients"),
+            subscribes: counter(SUBSCRIBES, "subscriptions started by clients"),
+            unsubscribes: counter(UNSUBSCRIBES, "subscriptions ended by a client unsubscribe"),
+            connection_duration: histogram(
+                CONNECTION_DURATION,
+                Some(Unit::Seconds),
+                "how long WebSocket sessions lasted",
+            ),
+            errors: labelled(
+                ERRORS,
+                "error frames sent to clients, by code",
+                &ERROR_CODES.map(ErrorCode::as_str),
+            ),
+            disconnects: labelled(
+                DISCONNECTS,
+                "sessions ended, by close code (none: the client left)",
+                &CLOSE_LABELS,
+            ),
+            mailbox_depth: histogram(
+                MAILBOX_DEPTH,
+                None,
+                "publications waiting in a session's mailbox when it starts a burst",
+            ),
+            outbound_bytes: histogram(
+                OUTBOUND_BYTES,
+                Some(Unit::Bytes),
+                "size of each data frame written to a client",
+            ),
+            connections_max: gauge(CONNECTIONS_MAX, "SLUICE_MAX_CONNECTIONS"),
+            ready: gauge(READY, "1 while /ready answers 200"),
+            process_rss: gauge(PROCESS_RSS, "resident memory of the node's process"),
+            process_fds: gauge(PROCESS_FDS, "open file descriptors of the node's process"),
+            delivery_latency: histogram(
+                DELIVERY_LATENCY,
+                Some(Unit::Seconds),
+                "time from publish to socket write",
+            ),
             active: AtomicI64::new(0),
             handled: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -124,6 +298,52 @@ impl Metrics {
         self.messages_sent.increment(n);
     }
 
+    pub fn heartbeat_sent(&self) {
+        self.heartbeats_sent.increment(1);
+    }
+
+    /// An `error` frame went to a client (`code` is the frame's; `None`: not an error).
+    pub fn error_sent(&self, code: Option<ErrorCode>) {
+        if let Some(code) = code {
+            self.errors[error_index(code)].increment(1);
+        }
+    }
+
+    /// A session ended with close `code` (`None`: no close frame) after `secs`.
+    pub fn session_ended(&self, code: Option<u16>, secs: f64) {
+        self.disconnects[close_index(code)].increment(1);
+        self.connection_duration.record(secs);
+    }
+
+    /// A frame is about to be written: data frames count their size.
+    pub fn outbound(&self, msg: &Message) {
+        let len = match msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => return,
+        };
+        self.outbound_bytes.record(len as f64);
+    }
+
+    /// How many publications wait in a session's mailbox.
+    pub fn mailbox_depth(&self, depth: usize) {
+        self.mailbox_depth.record(depth as f64);
+    }
+
+    /// Sets the gauges read at scrape time: the connection cap, readiness, and the
+    /// process's memory and descriptors from `/proc` (left as they were where there
+    /// is no `/proc`).
+    pub fn sample(&self, max_connections: usize, ready: bool) {
+        self.connections_max.set(max_connections as f64);
+        self.ready.set(if ready { 1.0 } else { 0.0 });
+        if let Some(rss) = process_rss_bytes() {
+            self.process_rss.set(rss as f64);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(dir.count() as f64);
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -134,6 +354,20 @@ impl Metrics {
         self.handle.run_upkeep();
         let _ = &self.recorder;
     }
+}
+
+/// `VmRSS` of this process, from `/proc/self/status` (kB there).
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 impl Default for Metrics {
@@ -171,6 +405,56 @@ mod tests {
         );
         assert!(text.contains("sluice_messages_sent_total 3"), "{text}");
         assert_eq!(m.sent.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn labelled_metrics_use_fixed_sets_and_count_each_code() {
+        let m = Metrics::new();
+        m.error_sent(Some(ErrorCode::InvalidTopic));
+        m.error_sent(Some(ErrorCode::InvalidTopic));
+        m.error_sent(None);
+        m.session_ended(Some(4008), 2.0);
+        m.session_ended(None, 0.5);
+        m.session_ended(Some(4999), 0.5);
+        m.outbound(&Message::Text("x".repeat(100).into()));
+        m.outbound(&Message::Ping(Default::default()));
+        m.mailbox_depth(3);
+        m.heartbeat_sent();
+        m.sample(77, true);
+        let text = m.render();
+        for line in [
+            "sluice_errors_total{code=\"INVALID_TOPIC\"} 2",
+            "sluice_errors_total{code=\"FORBIDDEN\"} 0",
+            "sluice_disconnects_total{code=\"4008\"} 1",
+            "sluice_disconnects_total{code=\"none\"} 1",
+            "sluice_disconnects_total{code=\"other\"} 1",
+            "sluice_disconnects_total{code=\"1012\"} 0",
+            "sluice_connection_duration_seconds_bucket{le=\"1\"} 2",
+            "sluice_connection_duration_seconds_count 3",
+            "sluice_outbound_message_bytes_bucket{le=\"128\"} 1",
+            "sluice_outbound_message_bytes_count 1",
+            "sluice_mailbox_depth_bucket{le=\"4\"} 1",
+            "sluice_heartbeats_sent_total 1",
+            "sluice_connections_max 77",
+            "sluice_ready 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!(rss > 1_000_000.0, "RSS {rss}");
+        let fds = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_process_open_fds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!(fds >= 3.0, "fds {fds}");
     }
 
     #[test]

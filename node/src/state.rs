@@ -185,6 +185,10 @@ pub struct SessionInfo {
     pub last_seen_ms: AtomicI64,
     /// The token's subject, when the session is authenticated.
     pub user: Option<String>,
+    /// `x-device-type` from the upgrade request, sanitized and bounded.
+    pub device_type: Option<String>,
+    /// `x-client-version` from the upgrade request, sanitized and bounded.
+    pub client_version: Option<String>,
     /// Publications queued for the session, and the signals that end it.
     pub mailbox: Mailbox,
 }
@@ -199,8 +203,21 @@ impl SessionInfo {
             connected_ms: now,
             last_seen_ms: AtomicI64::new(now),
             user,
+            device_type: None,
+            client_version: None,
             mailbox: Mailbox::new(queue_size),
         }
+    }
+
+    /// What the client said about itself at the upgrade (mobile headers).
+    pub fn with_client(
+        mut self,
+        device_type: Option<String>,
+        client_version: Option<String>,
+    ) -> Self {
+        self.device_type = device_type;
+        self.client_version = client_version;
+        self
     }
 
     pub fn touch(&self) {

@@ -73,7 +73,7 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// themselves would leak their length (an early length check) and, with a
 /// short-circuiting compare, the length of the matching prefix. Digests have a
 /// fixed length and `subtle` keeps the comparison branch-free.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+pub(super) fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let (g, e) = (Sha256::digest(given), Sha256::digest(expected));
@@ -179,6 +179,8 @@ pub async fn connections(
                 "last_heartbeat": time_fmt::format_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed)),
                 "subscriptions": subs,
                 "user": s.user,
+                "device_type": s.device_type,
+                "client_version": s.client_version,
             })
         })
         .collect();

@@ -4,6 +4,7 @@
 mod admin;
 mod error;
 mod probes;
+mod topics;
 mod web;
 mod ws;
 
@@ -57,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/topics", get(admin::topics))
         .route("/ws/topics", get(admin::topics))
         .route("/cluster", get(admin::cluster))
+        .route("/topics/{topic}", get(topics::state))
+        .route("/topics/{topic}/history", get(topics::history))
         // The console (`/`), the dashboard (`/dashboard`), `/client/sluice.js` and their assets.
         .merge(web::routes())
         .layer(cors(&state))

@@ -49,6 +49,8 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let ready = !st.is_draining() && st.broker.is_connected();
+    st.metrics.sample(st.config.max_connections, ready);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -6,6 +6,11 @@
 //! read (403), too many connections from the client (429). A full node never gets
 //! this far: the accept loop closed the socket. Accepted sockets run as tracked
 //! tasks so shutdown can wait for them.
+//!
+//! Mobile clients describe themselves with headers: `x-device-type` and
+//! `x-client-version` (kept sanitized and bounded, shown in `/connections` and the
+//! connect log line) and `x-background-mode` (`true` starts the session conflated,
+//! on any route; `false` starts `/ws/mobile/{user}` in the foreground).
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -19,14 +24,14 @@ use axum::{
 };
 use futures_util::FutureExt;
 use serde::Deserialize;
-use sluice_common::{protocol::SubscribeEntry, ErrorCode, TopicFilter};
-use tracing::debug;
+use sluice_common::{protocol::SubscribeEntry, time_fmt, ErrorCode, TopicFilter};
+use tracing::{debug, info};
 
 use super::ApiError;
 use crate::{
     auth::Identity,
     net::{self, Accepted},
-    session::{Session, SessionParams},
+    session::{Session, SessionEnd, SessionParams},
     state::{Admission, AppState, SessionInfo},
 };
 
@@ -38,6 +43,62 @@ use crate::{
 const READ_BUFFER: usize = 256;
 /// Frames are flushed explicitly after each burst; no need for a large write buffer.
 const WRITE_BUFFER: usize = 8 * 1024;
+/// The most characters kept of `x-device-type` and `x-client-version`: room for any
+/// real value ("iPadOS 17.4 iPad13,4"), while a client cannot grow its session's
+/// record or a log line with a long header.
+pub const CLIENT_HEADER_MAX: usize = 64;
+
+/// What a client says about itself in the upgrade request's headers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ClientHeaders {
+    device_type: Option<String>,
+    client_version: Option<String>,
+    /// `x-background-mode`, when sent.
+    background: Option<bool>,
+}
+
+impl ClientHeaders {
+    /// Reads the mobile headers; a `x-background-mode` that is neither true nor
+    /// false is refused rather than guessed.
+    fn parse(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| sanitize(&String::from_utf8_lossy(v.as_bytes())))
+        };
+        let background = match headers.get("x-background-mode") {
+            None => None,
+            Some(v) => match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+                Ok("true" | "1" | "on") => Some(true),
+                Ok("false" | "0" | "off") => Some(false),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        ErrorCode::InvalidMessage,
+                        "x-background-mode must be true or false",
+                    ))
+                }
+            },
+        };
+        Ok(ClientHeaders {
+            device_type: text("x-device-type"),
+            client_version: text("x-client-version"),
+            background,
+        })
+    }
+}
+
+/// Keeps letters, digits and ` ._-:/+(),` (what device names and versions use), at
+/// most [`CLIENT_HEADER_MAX`] of them: nothing a client sends can forge a log line
+/// or break a JSON consumer. `None` when nothing is left.
+fn sanitize(raw: &str) -> Option<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " ._-:/+(),".contains(*c))
+        .take(CLIENT_HEADER_MAX)
+        .collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_owned())
+}
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
@@ -150,7 +211,8 @@ pub async fn risk(Path(user): Path<String>, u: Upgrade) -> Response {
     )
 }
 
-/// Mobile clients start in background (conflated) mode.
+/// Mobile clients start in background (conflated) mode, unless the upgrade says
+/// `x-background-mode: false`.
 pub async fn mobile(Path(user): Path<String>, u: Upgrade) -> Response {
     upgrade(u, &[format!("mobile.{user}")], true)
 }
@@ -172,6 +234,8 @@ fn origin_allowed(st: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
+/// `background`: whether the route starts sessions in background mode when the
+/// client sends no `x-background-mode`.
 fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
     let Upgrade {
         state: st,
@@ -200,6 +264,11 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
                 .into_response();
         }
     };
+    let client = match ClientHeaders::parse(&headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let background = client.background.unwrap_or(background);
     let mut initial = Vec::with_capacity(topics.len());
     for t in topics {
         let topic = match TopicFilter::parse(t).and_then(TopicFilter::exact) {
@@ -267,6 +336,8 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         initial,
         background,
         admission,
+        device_type: client.device_type,
+        client_version: client.client_version,
     });
     ws.on_upgrade(move |socket| (*start).session(socket))
 }
@@ -279,6 +350,8 @@ struct Start {
     initial: Vec<SubscribeEntry>,
     background: bool,
     admission: Admission,
+    device_type: Option<String>,
+    client_version: Option<String>,
 }
 
 impl Start {
@@ -293,16 +366,32 @@ impl Start {
             initial,
             background,
             admission,
+            device_type,
+            client_version,
         } = self;
         let id = st.next_session_id();
-        let info = Arc::new(SessionInfo::new(
-            addr,
-            identity.as_ref().map(|i| i.sub.clone()),
-            st.config.queue_size,
-        ));
+        let info = Arc::new(
+            SessionInfo::new(
+                addr,
+                identity.as_ref().map(|i| i.sub.clone()),
+                st.config.queue_size,
+            )
+            .with_client(device_type, client_version),
+        );
         st.sessions.insert(id, info.clone());
         st.metrics.session_opened();
+        info!(
+            connection_id = %info.connection_id,
+            session = id,
+            client = %addr,
+            user = info.user.as_deref().unwrap_or("-"),
+            device_type = info.device_type.as_deref().unwrap_or("-"),
+            client_version = info.client_version.as_deref().unwrap_or("-"),
+            background,
+            "connected"
+        );
         let tracker = st.tracker.clone();
+        let ended = (st.clone(), info.clone());
         let session = Session::new(
             st,
             socket,
@@ -314,9 +403,29 @@ impl Start {
                 identity,
             },
         );
-        let run = session.run().map(move |_| admission.session_ended(id));
+        let run = session.run().map(move |end| {
+            log_end(&ended.0, &ended.1, &end);
+            admission.session_ended(id);
+        });
         tracker.track_future(run)
     }
+}
+
+/// The disconnect line and the metrics of a session's end: its close code (none
+/// when the client left or the connection broke) and how long it lasted.
+fn log_end(st: &AppState, info: &SessionInfo, end: &SessionEnd) {
+    let code = end.close().map(|(c, _)| c.code());
+    let duration_ms = (time_fmt::now_ms() - info.connected_ms).max(0);
+    st.metrics.session_ended(code, duration_ms as f64 / 1000.0);
+    info!(
+        connection_id = %info.connection_id,
+        client = %info.client_ip,
+        user = info.user.as_deref().unwrap_or("-"),
+        close_code = code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+        duration_ms,
+        reason = ?end,
+        "disconnected"
+    );
 }
 
 #[cfg(test)]
@@ -335,5 +444,31 @@ mod tests {
         let size = returned_size(Start::session);
         println!("session future over a real socket: {size} bytes");
         assert!(size <= 1024, "the session future is {size} bytes");
+    }
+
+    #[test]
+    fn client_headers_are_sanitized_bounded_and_checked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(ClientHeaders::parse(&h).unwrap(), ClientHeaders::default());
+        h.insert(
+            "x-device-type",
+            "iOS 17.4 iPhone15,2\"\t<b>".parse().unwrap(),
+        );
+        h.insert("x-client-version", "x".repeat(500).parse().unwrap());
+        h.insert("x-background-mode", " TRUE ".parse().unwrap());
+        let c = ClientHeaders::parse(&h).unwrap();
+        assert_eq!(c.device_type.as_deref(), Some("iOS 17.4 iPhone15,2b"));
+        assert_eq!(c.client_version, Some("x".repeat(CLIENT_HEADER_MAX)));
+        assert_eq!(c.background, Some(true));
+        h.insert("x-background-mode", "false".parse().unwrap());
+        h.insert("x-device-type", "\"<>".parse().unwrap());
+        let c = ClientHeaders::parse(&h).unwrap();
+        assert_eq!((c.background, c.device_type), (Some(false), None));
+        h.insert("x-background-mode", "maybe".parse().unwrap());
+        let e = ClientHeaders::parse(&h).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage)
+        );
     }
 }

@@ -227,6 +227,9 @@ where
             let deadline = Instant::now() + CLOSE_LINGER;
             let mut sent = true;
             if end == SessionEnd::TooLarge {
+                self.state
+                    .metrics
+                    .error_sent(Some(ErrorCode::MessageTooLarge));
                 let limit = self.state.config.max_message_bytes;
                 let f =
                     ServerFrame::error(ErrorCode::MessageTooLarge, "frame exceeds the size limit")
@@ -427,6 +430,7 @@ where
     /// A `heartbeat` frame plus a WebSocket ping, so both the application and any
     /// proxy in between see traffic.
     async fn heartbeat(&mut self) -> Result<(), SessionEnd> {
+        self.state.metrics.heartbeat_sent();
         self.send_frame(&ServerFrame::new(FrameType::Heartbeat))
             .await?;
         self.write(Message::Ping(Default::default())).await?;
@@ -447,6 +451,9 @@ where
 
     /// A publication from the mailbox, then whatever else is queued, then one flush.
     async fn on_burst(&mut self, first: Pub) -> Result<(), SessionEnd> {
+        self.state
+            .metrics
+            .mailbox_depth(self.info.mailbox.len() + 1);
         self.on_publication(first).await?;
         for _ in 1..WRITE_BURST {
             match self.info.mailbox.try_recv() {
@@ -497,6 +504,7 @@ where
                 {
                     Ok(frame) => self.on_frame(frame).await,
                     Err(e) => {
+                        debug!(session = self.id, code = e.code.as_str(), error = %e.message, "bad client frame");
                         self.send_frame(&e.to_frame()).await?;
                         self.count_strikes(e.refused_entries)
                     }
@@ -538,6 +546,7 @@ where
                         Ok(topic) => self.unsubscribe(&topic),
                         Err(_) => false,
                     };
+                    self.state.metrics.unsubscribes.increment(u64::from(was));
                     let ack = ServerFrame::new(FrameType::Ack)
                         .with_topic(&name)
                         .with_correlation_id(correlation_id.clone())

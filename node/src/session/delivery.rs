@@ -267,6 +267,7 @@ where
                 "epoch": epoch.as_deref(),
                 "recovered": replay.is_some(),
             }));
+        self.state.metrics.subscribes.increment(1);
         self.send_frame(&ack).await?;
 
         match replay {

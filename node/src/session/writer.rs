@@ -42,6 +42,7 @@ where
     }
 
     pub(super) async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), SessionEnd> {
+        self.state.metrics.error_sent(frame.code);
         self.emit_batch().await?;
         self.write(Message::Text(frame.to_json().into())).await
     }
@@ -75,6 +76,7 @@ where
     pub(super) async fn write(&mut self, msg: Message) -> Result<(), SessionEnd> {
         let deadline = self.write_deadline();
         let mailbox = &self.info.mailbox;
+        self.state.metrics.outbound(&msg);
         let mut feed = self.socket.feed(msg);
         let feed = poll_fn(|cx| {
             if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
