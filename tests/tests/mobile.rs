@@ -12,7 +12,7 @@ use sluice_tests::{
     seqs, start_node, TestNode, WsClient, ADMIN_TOKEN,
 };
 
-const SECRET: &str = "mobile-tests-hs256-secret";
+const SECRET: &str = "mobile-tests-hs256-secret-of-32-bytes-or-more";
 /// Conflation period: long enough that a burst published at once always lands in
 /// one or two conflation ticks, never five.
 const CONFLATE: Duration = Duration::from_secs(2);

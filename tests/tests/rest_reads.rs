@@ -13,7 +13,7 @@ use sluice_tests::{
     seqs, start_node, start_redis_node, TestNode, ADMIN_TOKEN,
 };
 
-const SECRET: &str = "rest-reads-hs256-secret";
+const SECRET: &str = "rest-reads-hs256-secret-of-32-bytes-or-more";
 
 fn token(claims: Value) -> String {
     mint(&claims, &Signer::hs256(SECRET))
