@@ -28,7 +28,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --d
     >"$work/redis.log" 2>&1 &
 pids+=($!)
 REDIS_URL="redis://127.0.0.1:$redis_port" SLUICE_BIND="127.0.0.1:$node_port" SLUICE_NODE_ID=bench \
-    SLUICE_ADMIN_TOKEN="$admin" SLUICE_HANDSHAKE_TIMEOUT=5 SLUICE_CONNECTION_TIMEOUT=10 \
+    SLUICE_ADMIN_TOKEN="$admin" SLUICE_HANDSHAKE_TIMEOUT=5 SLUICE_CONNECTION_TIMEOUT=10 SLUICE_HEARTBEAT_INTERVAL=2 \
     SLUICE_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=error target/release/sluice >"$work/node.log" 2>&1 &
 node_pid=$!
 pids+=("$node_pid")
