@@ -8,6 +8,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The admin token of every node the harness starts (a node refuses one under 32 bytes). */
+export const ADMIN_TOKEN = "web-test-admin-token-of-32-bytes-or-more";
 export const SLUICE_BIN = process.env.SLUICE_BIN ?? join(ROOT, "target", "debug", "sluice");
 
 /** A port that was free a moment ago on 127.0.0.1. */
@@ -74,7 +76,7 @@ export async function startNode(env = {}, id = "n" + Math.random().toString(36).
   if (!existsSync(SLUICE_BIN)) throw new Error(`${SLUICE_BIN} is missing: run cargo build -p sluice-node first`);
   const port = await freePort();
   const proc = spawn(SLUICE_BIN, [], {
-    env: { PATH: process.env.PATH, SLUICE_BIND: `127.0.0.1:${port}`, SLUICE_NODE_ID: id, SLUICE_ADMIN_TOKEN: "adm", RUST_LOG: "warn", ...env },
+    env: { PATH: process.env.PATH, SLUICE_BIND: `127.0.0.1:${port}`, SLUICE_NODE_ID: id, SLUICE_ADMIN_TOKEN: ADMIN_TOKEN, RUST_LOG: "warn", ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
@@ -90,7 +92,7 @@ export async function startNode(env = {}, id = "n" + Math.random().toString(36).
     kill: (sig = "SIGKILL") => { if (proc.exitCode === null) proc.kill(sig); },
     publish: async (topic, payload) => {
       const r = await fetch(`${http}/publish`, {
-        method: "POST", headers: { authorization: "Bearer adm", "content-type": "application/json" },
+        method: "POST", headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
         body: JSON.stringify({ topic, payload }),
       });
       if (!r.ok) throw new Error(`publish: HTTP ${r.status} ${await r.text()}`);

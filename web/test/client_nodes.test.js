@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 import { SluiceClient } from "../client/sluice.js";
-import { freePort, hs256, nextEvent, startNode, startRedis, waitFor } from "../test-support/harness.js";
+import { ADMIN_TOKEN, freePort, hs256, nextEvent, startNode, startRedis, waitFor } from "../test-support/harness.js";
 
 /** @type {{url: string, stop: () => void}} */
 let redis;
@@ -136,7 +136,7 @@ test("frames sent while offline are queued up to queueSize, oldest dropped first
 });
 
 test("with auth on, the token function is called on every connect and refreshes before exp", async () => {
-  const secret = "web-test-secret";
+  const secret = "web-test-jwt-secret-of-32-bytes-or-more";
   const n = await node({ SLUICE_JWT_SECRET: secret, SLUICE_JWT_LEEWAY: "0" });
   let asked = 0;
   const token = async () => { asked++; return hs256(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 3 }); };
@@ -165,7 +165,7 @@ test("with auth on, the token function is called on every connect and refreshes 
 });
 
 test("a token string that expires without refresh ends with 1008 in state failed", async () => {
-  const secret = "web-test-secret";
+  const secret = "web-test-jwt-secret-of-32-bytes-or-more";
   const n = await node({ SLUICE_JWT_SECRET: secret, SLUICE_JWT_LEEWAY: "0" });
   const tok = hs256(secret, { sub: "bob", exp: Math.floor(Date.now() / 1000) + 2 });
   const c = new SluiceClient([n.ws], { token: tok, minDelayMs: 1, maxDelayMs: 1 });
@@ -230,7 +230,7 @@ test("a real slow-consumer close (4008) is resumed at once with nothing lost or 
     const pad = "x".repeat(50000);
     (async () => { for (let i = 1; i <= ${total}; i++) {
       const r = await fetch("${n.http}/publish", { method: "POST",
-        headers: { authorization: "Bearer adm", "content-type": "application/json" },
+        headers: { authorization: "Bearer ${ADMIN_TOKEN}", "content-type": "application/json" },
         body: JSON.stringify({ topic: "prices.SLOW", payload: { i, pad } }) });
       if (!r.ok) process.exit(1);
     } })();`], { stdio: "ignore" });
