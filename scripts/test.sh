@@ -19,6 +19,13 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 scripts/build-images.sh
+# tests/tests/browser.rs drives headless Chromium through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    sudo=(); ((EUID == 0)) || sudo=(sudo)
+    command -v apt-get >/dev/null 2>&1 || { echo "scripts/test.sh: chromium and chromium-driver are missing and apt-get is not available" >&2; exit 1; }
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+fi
 if [[ -z "${SLUICE_TEST_REDIS_IMAGE:-}" ]]; then
     if docker image inspect redis:7.0 >/dev/null 2>&1; then
         export SLUICE_TEST_REDIS_IMAGE=redis SLUICE_TEST_REDIS_TAG=7.0
