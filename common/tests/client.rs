@@ -175,6 +175,13 @@ async fn a_gzip_bomb_closes_the_connection_with_1009_and_stops() {
             tokio::spawn(async move {
                 let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
                 ws.send(connected_frame(30_000)).await.unwrap();
+                // Only after the client's subscribe: a delta for a topic it has not
+                // subscribed yet would be dropped, and the test would race.
+                while let Some(Ok(m)) = ws.next().await {
+                    if matches!(&m, Message::Text(t) if t.as_str().contains("subscribe")) {
+                        break;
+                    }
+                }
                 // A legitimate compressed frame first: it is delivered.
                 let ok = delta("prices.GZ", 1);
                 ws.send(Message::binary(gzip(ok.as_bytes()))).await.unwrap();
