@@ -13,8 +13,8 @@ use std::{
 use sluice_common::Topic;
 
 use crate::{
-    broker::Pub,
     metrics::Metrics,
+    publication::{Pub, Sink},
     session::{Refused, Signal},
     state::SessionInfo,
 };
@@ -145,10 +145,20 @@ impl Hub {
     }
 }
 
+impl Sink for Hub {
+    fn wants(&self, topic: &str) -> bool {
+        self.has_subscribers(topic)
+    }
+
+    fn deliver(&self, p: &Pub) -> usize {
+        self.broadcast(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Publication;
+    use crate::publication::Publication;
     use sluice_common::protocol::FrameType;
 
     fn publication(topic: &Topic, seq: u64) -> Pub {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod publication;
 pub mod registry;
 pub mod session;
 pub mod state;

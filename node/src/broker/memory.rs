@@ -17,8 +17,8 @@ use std::{
 use sluice_common::{protocol::FrameType, publisher::PublishKind, time_fmt, StreamPosition, Topic};
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Pub, Publication, PublishRequest, TopicState};
-use crate::hub::Hub;
+use super::{Broker, BrokerError, PublishRequest, TopicState};
+use crate::publication::{Pub, Publication, Sink};
 
 #[derive(Debug)]
 struct TopicLog {
@@ -33,7 +33,7 @@ struct TopicLog {
 #[derive(Debug)]
 pub struct MemoryBroker {
     topics: Mutex<HashMap<Topic, Arc<Mutex<TopicLog>>>>,
-    hub: Arc<Hub>,
+    sink: Arc<dyn Sink>,
     history_size: usize,
     ttl: Duration,
     /// The registry of this process's node(s): id → (record, live until).
@@ -79,10 +79,10 @@ fn check_json(what: &str, text: &str) -> Result<(), BrokerError> {
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>, history_size: usize, ttl: Duration) -> Self {
+    pub fn new(sink: Arc<dyn Sink>, history_size: usize, ttl: Duration) -> Self {
         MemoryBroker {
             topics: Mutex::new(HashMap::new()),
-            hub,
+            sink,
             history_size: history_size.max(1),
             ttl,
             nodes: Mutex::new(HashMap::new()),
@@ -176,7 +176,7 @@ impl Broker for MemoryBroker {
                 s,
             ));
         }
-        self.hub.broadcast(&p);
+        self.sink.deliver(&p);
         Ok(StreamPosition::new(log.seq, &*log.epoch))
     }
 
@@ -209,7 +209,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn follow(&self, _topic: &Topic) -> Result<(), BrokerError> {
-        // Publishes reach the hub directly; there is nothing to read.
+        // Publishes reach the sink directly; there is nothing to read.
         Ok(())
     }
 
@@ -257,7 +257,7 @@ mod tests {
 
     fn broker(size: usize) -> MemoryBroker {
         MemoryBroker::new(
-            Arc::new(Hub::new(Arc::new(Metrics::new()), usize::MAX)),
+            Arc::new(crate::hub::Hub::new(Arc::new(Metrics::new()), usize::MAX)),
             size,
             Duration::from_secs(60),
         )
@@ -321,7 +321,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_topic_expires_and_restarts_under_a_new_epoch() {
         let b = MemoryBroker::new(
-            Arc::new(Hub::new(Arc::new(Metrics::new()), usize::MAX)),
+            Arc::new(crate::hub::Hub::new(Arc::new(Metrics::new()), usize::MAX)),
             10,
             Duration::from_secs(5),
         );

@@ -10,58 +10,9 @@
 pub mod memory;
 pub mod redis;
 
-use std::sync::Arc;
+use sluice_common::{publisher::PublishKind, StreamPosition, Topic};
 
-use axum::extract::ws::Utf8Bytes;
-use sluice_common::{protocol::FrameType, publisher::PublishKind, StreamPosition, Topic};
-
-/// One published message, encoded once. Every session that delivers it shares
-/// the same bytes.
-#[derive(Debug)]
-pub struct Publication {
-    pub topic: Topic,
-    pub seq: u64,
-    pub epoch: Arc<str>,
-    pub kind: FrameType,
-    /// When it was published (Unix ms), for the delivery-latency histogram.
-    pub published_ms: i64,
-    /// The complete envelope JSON, ready for the socket.
-    pub frame: Utf8Bytes,
-    /// The gzip of `frame`, made by the first session that asks for compression
-    /// and shared by every other one.
-    pub gzip: std::sync::OnceLock<bytes::Bytes>,
-}
-
-pub type Pub = Arc<Publication>;
-
-impl Publication {
-    pub fn new(
-        topic: Topic,
-        seq: u64,
-        epoch: Arc<str>,
-        kind: FrameType,
-        published_ms: i64,
-        payload_json: &str,
-    ) -> Pub {
-        let frame = sluice_common::protocol::encode_publication(
-            kind,
-            topic.as_str(),
-            seq,
-            &epoch,
-            published_ms,
-            payload_json,
-        );
-        Arc::new(Publication {
-            topic,
-            seq,
-            epoch,
-            kind,
-            published_ms,
-            frame: frame.into(),
-            gzip: std::sync::OnceLock::new(),
-        })
-    }
-}
+use crate::publication::Pub;
 
 /// A topic's current position and latest snapshot, read together.
 #[derive(Debug, Clone, Default)]

@@ -18,7 +18,8 @@ use sluice_common::{ErrorCode, Topic};
 
 use super::{admin::token_matches, ApiError};
 use crate::{
-    broker::{BrokerError, Pub, TopicState},
+    broker::{BrokerError, TopicState},
+    publication::Pub,
     state::AppState,
 };
 

@@ -37,8 +37,8 @@ use super::{
 };
 use crate::{
     auth::Identity,
-    broker::Pub,
     hub::SessionId,
+    publication::Pub,
     state::{AppState, SessionInfo},
 };
 

@@ -23,10 +23,7 @@ use super::{
     subscribe::Refusal,
     SessionEnd,
 };
-use crate::{
-    broker::{BrokerError, Pub},
-    config::TopicClass,
-};
+use crate::{broker::BrokerError, config::TopicClass, publication::Pub};
 
 /// Publications fetched from history per request.
 const PAGE: usize = 500;

@@ -18,7 +18,7 @@ use std::{
 
 use futures_util::task::AtomicWaker;
 
-use crate::broker::Pub;
+use crate::publication::Pub;
 
 /// Why others want a session to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ mod tests {
     use sluice_common::{protocol::FrameType, Topic};
 
     use super::*;
-    use crate::broker::Publication;
+    use crate::publication::Publication;
 
     fn publication(seq: u64) -> Pub {
         let t = Topic::parse("t").expect("topic");

@@ -9,7 +9,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 
-use crate::broker::Publication;
+use crate::publication::Publication;
 
 /// Frames larger than this are compressed when the subscription asked for it.
 pub const COMPRESS_OVER: usize = 1024;

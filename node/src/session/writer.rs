@@ -20,7 +20,7 @@ use super::{
     outbound::FrameOptions,
     SessionEnd,
 };
-use crate::broker::Pub;
+use crate::publication::Pub;
 
 impl<S, E> Session<S>
 where

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use sluice_common::{keys, protocol::FrameType, Topic};
 
-use crate::broker::{Pub, Publication};
+use crate::publication::{Pub, Publication};
 
 /// Shares one allocation per epoch string among all publications of that epoch.
 #[derive(Debug, Default)]

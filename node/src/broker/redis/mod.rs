@@ -40,8 +40,9 @@ use self::{
     decode::{decode_entry, EpochCache},
     reader::ReaderGroup,
 };
-use super::{Broker, BrokerError, Pub, PublishRequest, TopicState};
-use crate::{hub::Hub, metrics::Metrics};
+use super::{Broker, BrokerError, PublishRequest, TopicState};
+use crate::metrics::Metrics;
+use crate::publication::{Pub, Sink};
 
 /// The function library, with `__HISTORY_SIZE__` and `__HISTORY_TTL__` to fill in.
 const LIBRARY: &str = include_str!("sluice.lua");
@@ -82,7 +83,7 @@ pub struct RedisBroker {
     /// connection of its own).
     doorbell: Client,
     groups: Vec<Arc<ReaderGroup>>,
-    hub: Arc<Hub>,
+    sink: Arc<dyn Sink>,
     library: String,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -140,7 +141,7 @@ impl RedisBroker {
     /// Connects, loads the function library and starts the readers.
     pub async fn connect(
         url: &str,
-        hub: Arc<Hub>,
+        sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         history_size: usize,
         history_ttl: Duration,
@@ -174,7 +175,7 @@ impl RedisBroker {
             probe,
             doorbell,
             groups,
-            hub: hub.clone(),
+            sink: sink.clone(),
             library: library_source(history_size, history_ttl),
             connected: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
@@ -193,7 +194,7 @@ impl RedisBroker {
         let mut tasks = Vec::new();
         for g in &broker.groups {
             tasks.push(tokio::spawn(
-                g.clone().run(hub.clone(), broker.stop.clone()),
+                g.clone().run(sink.clone(), broker.stop.clone()),
             ));
         }
         tasks.push(tokio::spawn(reader::doorbell(
@@ -383,7 +384,7 @@ impl Broker for RedisBroker {
     }
 
     fn unfollow(&self, topic: &Topic) {
-        self.group(topic).unfollow(topic, &self.hub);
+        self.group(topic).unfollow(topic, &*self.sink);
     }
 
     fn is_connected(&self) -> bool {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::decode::{decode_entry, EpochCache};
-use crate::{broker::BrokerError, hub::Hub};
+use crate::{broker::BrokerError, publication::Sink};
 
 /// The cursor of a stream never seen to exist.
 const NEVER_SEEN: &str = "0-0";
@@ -151,10 +151,10 @@ impl ReaderGroup {
         Ok(())
     }
 
-    /// Drops `topic` unless the hub has subscribers again.
-    pub(super) fn unfollow(&self, topic: &Topic, hub: &Hub) {
+    /// Drops `topic` unless a local session follows it again.
+    pub(super) fn unfollow(&self, topic: &Topic, sink: &dyn Sink) {
         let mut c = self.lock();
-        if !hub.has_subscribers(topic.as_str()) && c.topics.remove(topic).is_some() {
+        if !sink.wants(topic.as_str()) && c.topics.remove(topic).is_some() {
             c.generation += 1;
         }
     }
@@ -201,7 +201,7 @@ impl ReaderGroup {
     }
 
     /// The read loop; ends when `stop` is cancelled.
-    pub(super) async fn run(self: Arc<Self>, hub: Arc<Hub>, stop: CancellationToken) {
+    pub(super) async fn run(self: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
         let mut epochs = EpochCache::default();
         let mut failing = false;
         let mut last_start: Option<tokio::time::Instant> = None;
@@ -254,7 +254,7 @@ impl ReaderGroup {
                     }
                     for (key, entries) in streams.unwrap_or_default() {
                         let full = entries.len() as u64 >= READ_COUNT;
-                        if let Some(topic) = self.deliver(&hub, &mut epochs, &key, entries) {
+                        if let Some(topic) = self.deliver(&*sink, &mut epochs, &key, entries) {
                             if full {
                                 // More may be waiting behind this batch.
                                 self.lock().dirty.insert(topic);
@@ -277,10 +277,10 @@ impl ReaderGroup {
         }
     }
 
-    /// Hands a stream's new entries to the hub; returns the topic.
+    /// Hands a stream's new entries to the sink; returns the topic.
     fn deliver(
         &self,
-        hub: &Hub,
+        sink: &dyn Sink,
         epochs: &mut EpochCache,
         key: &str,
         entries: Vec<(String, std::collections::HashMap<String, bytes::Bytes>)>,
@@ -297,7 +297,7 @@ impl ReaderGroup {
         for (id, fields) in &entries {
             match decode_entry(&topic, id, fields, epochs) {
                 Some(p) => {
-                    hub.broadcast(&p);
+                    sink.deliver(&p);
                 }
                 None => warn!(%topic, %id, "skipping a malformed stream entry"),
             }
