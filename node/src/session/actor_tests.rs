@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     hub::Hub,
     metrics::Metrics,
-    state::{AppState, SessionInfo},
+    session::SessionInfo,
+    state::AppState,
 };
 
 /// A socket made of two channels: what the test sends, and what the session wrote.
@@ -70,6 +71,7 @@ fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
         config.history_size,
         config.history_ttl,
     ));
+    hub.attach(&broker);
     let auth = Authenticator::from_config(&config).expect("no key configured");
     Arc::new(AppState::new(config, hub, broker, metrics, auth))
 }
@@ -87,7 +89,7 @@ fn start(state: Arc<AppState>) -> Harness {
         background: false,
         identity: None,
     };
-    let session = Session::new(state.clone(), socket, params);
+    let session = Session::new(state.session.clone(), socket, params);
     Harness {
         to_session,
         from_session,
@@ -200,7 +202,11 @@ fn an_idle_session_task_is_small() {
         background: false,
         identity: None,
     };
-    let session = Session::new(state, ChanSocket { incoming, outgoing }, params);
+    let session = Session::new(
+        state.session.clone(),
+        ChanSocket { incoming, outgoing },
+        params,
+    );
     let fut = session.run();
     let size = std::mem::size_of_val(&fut);
     println!("session future: {size} bytes");

@@ -2,10 +2,10 @@
 //! session task drains, and the signals that end the session (drain, slow consumer,
 //! kill), all behind one waker.
 //!
-//! It lives inside [`SessionInfo`](crate::state::SessionInfo), so one allocation
-//! holds everything other tasks reach of a session. An idle session's queue holds no
-//! buffer at all: the buffer is allocated by the first publication and given back
-//! once a burst has been drained.
+//! The hub fills it; the session owns the other end ([`crate::session::SessionInfo`]
+//! holds it, shared with the hub). An idle session's queue holds no buffer at all:
+//! the buffer is allocated by the first publication and given back once a burst has
+//! been drained. The session drains a whole batch under one lock per wake-up.
 
 use std::{
     collections::VecDeque,
@@ -113,7 +113,8 @@ impl Mailbox {
             .find(|s| raised & *s as u8 != 0 && wanted.contains(s))
     }
 
-    /// The next queued publication, if any.
+    /// The next queued publication, if any (the hub's tests read mailboxes so).
+    #[cfg(test)]
     pub fn try_recv(&self) -> Option<Pub> {
         let mut q = self.queue();
         let p = q.items.pop_front();
@@ -124,13 +125,27 @@ impl Mailbox {
         p
     }
 
-    /// Like [`Self::try_recv`], registering the task to be woken by the next one.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Pub> {
+    /// Moves up to `max` queued publications into `out` under one lock; returns
+    /// how many were queued before (the queue's depth at this wake-up).
+    pub fn drain_into(&self, out: &mut Vec<Pub>, max: usize) -> usize {
+        let mut q = self.queue();
+        let depth = q.items.len();
+        let n = depth.min(max);
+        out.extend(q.items.drain(..n));
+        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+            q.items = VecDeque::new();
+        }
+        depth
+    }
+
+    /// Like [`Self::drain_into`], registering the task to be woken by the next
+    /// publication when none is queued. Ready with the depth when it moved any.
+    pub fn poll_batch(&self, cx: &mut Context<'_>, out: &mut Vec<Pub>, max: usize) -> Poll<usize> {
         // Registered before looking: a publication queued after the look wakes us.
         self.waker.register(cx.waker());
-        match self.try_recv() {
-            Some(p) => Poll::Ready(p),
-            None => Poll::Pending,
+        match self.drain_into(out, max) {
+            0 => Poll::Pending,
+            depth => Poll::Ready(depth),
         }
     }
 
@@ -200,15 +215,44 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_drains_in_order_up_to_its_limit_under_one_lock() {
+        let m = Mailbox::new(1024);
+        for seq in 1..=100 {
+            m.try_send(&publication(seq)).expect("room");
+        }
+        let mut out = Vec::new();
+        assert_eq!(m.drain_into(&mut out, 64), 100);
+        assert_eq!(
+            out.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            (1..=64).collect::<Vec<_>>()
+        );
+        assert_eq!(m.len(), 36);
+        out.clear();
+        assert_eq!(m.drain_into(&mut out, 64), 36);
+        assert_eq!(out.first().map(|p| p.seq), Some(65));
+        assert_eq!(out.last().map(|p| p.seq), Some(100));
+        assert_eq!(
+            m.queue().items.capacity(),
+            0,
+            "a drained burst gives its buffer back"
+        );
+        out.clear();
+        assert_eq!(m.drain_into(&mut out, 64), 0);
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn publications_and_signals_wake_the_registered_task() {
         let m = Mailbox::new(4);
         let count = Arc::new(Count(0.into()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(m.poll_recv(&mut cx).is_pending());
+        let mut out = Vec::new();
+        assert!(m.poll_batch(&mut cx, &mut out, 8).is_pending());
         m.try_send(&publication(1)).expect("room");
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(m.poll_recv(&mut cx).map(|p| p.seq), Poll::Ready(1));
+        assert_eq!(m.poll_batch(&mut cx, &mut out, 8), Poll::Ready(1));
+        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
 
         assert_eq!(m.poll_signal(&mut cx, &Signal::ALL), None);
         m.signal(Signal::Slow);
