@@ -13,10 +13,11 @@ use std::{
         atomic::{AtomicU8, Ordering},
         Mutex,
     },
-    task::{Context, Poll},
+    task::Context,
 };
 
 use futures_util::task::AtomicWaker;
+use sluice_common::protocol::FrameType;
 
 use crate::publication::Pub;
 
@@ -48,10 +49,45 @@ pub enum Refused {
 /// A queue that has drained keeps at most this many slots; a longer one is freed.
 const KEEP_SLOTS: usize = 8;
 
+/// Alerts first: an `alert` goes ahead of every queued message of other topics,
+/// taking the queued messages of its own topic with it (they precede it in seq
+/// order, which holds per topic whatever the queue does). So `alerts` holds, in
+/// arrival order, each alert and the earlier messages of its topic; `items` the rest.
 #[derive(Debug, Default)]
 struct Queue {
+    alerts: VecDeque<Pub>,
     items: VecDeque<Pub>,
     closed: bool,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.alerts.len() + self.items.len()
+    }
+
+    fn push(&mut self, p: &Pub) {
+        if p.kind != FrameType::Alert {
+            self.items.push_back(p.clone());
+            return;
+        }
+        // Alerts are rare: a scan of the queue per alert is cheap.
+        if self.items.iter().any(|q| q.topic == p.topic) {
+            let (own, rest): (VecDeque<Pub>, VecDeque<Pub>) =
+                self.items.drain(..).partition(|q| q.topic == p.topic);
+            self.alerts.extend(own);
+            self.items = rest;
+        }
+        self.alerts.push_back(p.clone());
+    }
+
+    /// A burst is over: an idle session keeps no queue buffer.
+    fn shrink(&mut self) {
+        for q in [&mut self.alerts, &mut self.items] {
+            if q.is_empty() && q.capacity() > KEEP_SLOTS {
+                *q = VecDeque::new();
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -84,10 +120,10 @@ impl Mailbox {
             if q.closed {
                 return Err(Refused::Closed);
             }
-            if q.items.len() >= self.capacity {
+            if q.len() >= self.capacity {
                 return Err(Refused::Full);
             }
-            q.items.push_back(p.clone());
+            q.push(p);
         }
         self.waker.wake();
         Ok(())
@@ -117,11 +153,8 @@ impl Mailbox {
     #[cfg(test)]
     pub fn try_recv(&self) -> Option<Pub> {
         let mut q = self.queue();
-        let p = q.items.pop_front();
-        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
-            // A burst is over: an idle session keeps no queue buffer.
-            q.items = VecDeque::new();
-        }
+        let p = q.alerts.pop_front().or_else(|| q.items.pop_front());
+        q.shrink();
         p
     }
 
@@ -129,24 +162,13 @@ impl Mailbox {
     /// how many were queued before (the queue's depth at this wake-up).
     pub fn drain_into(&self, out: &mut Vec<Pub>, max: usize) -> usize {
         let mut q = self.queue();
-        let depth = q.items.len();
-        let n = depth.min(max);
-        out.extend(q.items.drain(..n));
-        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
-            q.items = VecDeque::new();
-        }
+        let depth = q.len();
+        let first = q.alerts.len().min(max);
+        out.extend(q.alerts.drain(..first));
+        let rest = q.items.len().min(max - first);
+        out.extend(q.items.drain(..rest));
+        q.shrink();
         depth
-    }
-
-    /// Like [`Self::drain_into`], registering the task to be woken by the next
-    /// publication when none is queued. Ready with the depth when it moved any.
-    pub fn poll_batch(&self, cx: &mut Context<'_>, out: &mut Vec<Pub>, max: usize) -> Poll<usize> {
-        // Registered before looking: a publication queued after the look wakes us.
-        self.waker.register(cx.waker());
-        match self.drain_into(out, max) {
-            0 => Poll::Pending,
-            depth => Poll::Ready(depth),
-        }
     }
 
     /// The session is gone: refuse publications from now on and drop the queued ones.
@@ -154,13 +176,13 @@ impl Mailbox {
         let items = {
             let mut q = self.queue();
             q.closed = true;
-            std::mem::take(&mut q.items)
+            (std::mem::take(&mut q.alerts), std::mem::take(&mut q.items))
         };
         drop(items);
     }
 
     pub fn len(&self) -> usize {
-        self.queue().items.len()
+        self.queue().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -178,8 +200,72 @@ mod tests {
     use crate::publication::Publication;
 
     fn publication(seq: u64) -> Pub {
-        let t = Topic::parse("t").expect("topic");
-        Publication::new(t, seq, "e".into(), FrameType::Delta, 0, "{}")
+        on("t", seq, FrameType::Delta)
+    }
+
+    fn on(topic: &str, seq: u64, kind: FrameType) -> Pub {
+        let t = Topic::parse(topic).expect("topic");
+        Publication::new(t, seq, "e".into(), kind, 0, "{}")
+    }
+
+    fn drained(m: &Mailbox, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        m.drain_into(&mut out, max);
+        out.iter()
+            .map(|p| format!("{}/{}", p.topic, p.seq))
+            .collect()
+    }
+
+    #[test]
+    fn alerts_go_first_taking_their_own_topic_along_in_seq_order() {
+        use FrameType::{Alert, Delta};
+        let m = Mailbox::new(16);
+        for p in [
+            on("prices.a", 1, Delta),
+            on("risk.u", 1, Delta),
+            on("prices.a", 2, Delta),
+            on("risk.u", 2, Delta),
+            on("prices.b", 1, Delta),
+            on("risk.u", 3, Alert),
+            on("prices.a", 3, Delta),
+            on("risk.u", 4, Delta),
+            on("risk.v", 1, Alert),
+            on("risk.u", 5, Alert),
+        ] {
+            m.try_send(&p).expect("room");
+        }
+        assert_eq!(m.len(), 10);
+        // risk.u's alert 3 took deltas 1 and 2 of its topic ahead; alert 5 took
+        // delta 4; risk.v's alert sits between them in arrival order.
+        assert_eq!(
+            drained(&m, 4),
+            ["risk.u/1", "risk.u/2", "risk.u/3", "risk.v/1"]
+        );
+        assert_eq!(
+            drained(&m, 16),
+            [
+                "risk.u/4",
+                "risk.u/5",
+                "prices.a/1",
+                "prices.a/2",
+                "prices.b/1",
+                "prices.a/3"
+            ]
+        );
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn alerts_count_against_the_same_capacity() {
+        let m = Mailbox::new(2);
+        m.try_send(&on("prices.a", 1, FrameType::Delta)).unwrap();
+        m.try_send(&on("risk.u", 1, FrameType::Alert)).unwrap();
+        assert_eq!(
+            m.try_send(&on("risk.u", 2, FrameType::Alert)),
+            Err(Refused::Full)
+        );
+        m.close();
+        assert!(m.is_empty());
     }
 
     struct Count(std::sync::atomic::AtomicUsize);
@@ -247,11 +333,13 @@ mod tests {
         let count = Arc::new(Count(0.into()));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
+        // The session's wake-up: register (through `poll_signal`), then drain.
         let mut out = Vec::new();
-        assert!(m.poll_batch(&mut cx, &mut out, 8).is_pending());
+        assert_eq!(m.poll_signal(&mut cx, &Signal::ALL), None);
+        assert_eq!(m.drain_into(&mut out, 8), 0);
         m.try_send(&publication(1)).expect("room");
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(m.poll_batch(&mut cx, &mut out, 8), Poll::Ready(1));
+        assert_eq!(m.drain_into(&mut out, 8), 1);
         assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
 
         assert_eq!(m.poll_signal(&mut cx, &Signal::ALL), None);

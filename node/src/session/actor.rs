@@ -377,9 +377,12 @@ where
         if let Some(s) = mailbox.poll_signal(cx, &Signal::ALL) {
             return Poll::Ready(Wake::Signal(s));
         }
+        // `poll_signal` registered the task: a publication queued after this look
+        // wakes it, so the mailbox is read without registering twice.
         let mut batch = Vec::new();
-        if let Poll::Ready(depth) = mailbox.poll_batch(cx, &mut batch, WRITE_BURST) {
-            return Poll::Ready(Wake::Batch(batch, depth));
+        match mailbox.drain_into(&mut batch, WRITE_BURST) {
+            0 => {}
+            depth => return Poll::Ready(Wake::Batch(batch, depth)),
         }
         if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Frame(frame));

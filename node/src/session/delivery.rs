@@ -377,11 +377,20 @@ where
         if matches!(verdict, Live::Duplicate | Live::Stale) {
             return Ok(None); // delivered already, or a late message of an older history
         }
-        if background {
+        if background && p.kind != FrameType::Alert {
             if sub.pending.as_ref().is_none_or(|q| q.seq < p.seq) {
                 sub.pending = Some(p);
             }
             return Ok(None);
+        }
+        if background {
+            // An alert is never conflated: it goes out now, after the newest
+            // conflated message of its topic, which precedes it.
+            if let Some(q) = sub.pending.take().filter(|q| q.seq < p.seq) {
+                self.deliver(&q).await?;
+            }
+            self.deliver(&p).await?;
+            return Ok(Some(p.published_ms));
         }
         let topic = p.topic.clone();
         if !self.fill_gap(&topic, p.seq).await? {
