@@ -20,7 +20,7 @@ use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
 };
 use serde::Deserialize;
-use sluice_common::{ErrorCode, Topic, TopicPattern};
+use sluice_common::{lock::RwLockExt, ErrorCode, Topic, TopicPattern};
 
 use crate::config::{AuthMode, Config, JwtKey};
 
@@ -226,7 +226,7 @@ impl Authenticator {
             Keys::Fixed(k) => self.check(token, header.alg, k)?,
             Keys::Jwks { path, state } => {
                 self.refresh_jwks(path, state);
-                let st = state.read().unwrap_or_else(|e| e.into_inner());
+                let st = state.read_unpoisoned();
                 let key = match header.kid.as_deref() {
                     Some(kid) => st.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
                     None if st.keys.len() == 1 => st.keys.first(),
@@ -301,12 +301,12 @@ impl Authenticator {
 
     fn refresh_jwks(&self, path: &Path, state: &RwLock<JwksState>) {
         {
-            let st = state.read().unwrap_or_else(|e| e.into_inner());
+            let st = state.read_unpoisoned();
             if st.checked.elapsed() < JWKS_RECHECK {
                 return;
             }
         }
-        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = state.write_unpoisoned();
         st.checked = Instant::now();
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if modified == st.modified {

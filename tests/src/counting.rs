@@ -16,12 +16,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use sluice_common::lock::MutexExt;
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -218,7 +219,7 @@ impl CountingClient {
         assert!(!urls.is_empty(), "a counting client needs a URL");
         let counts = Arc::new(Mutex::new(Counts::default()));
         {
-            let mut c = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut c = counts.lock_unpoisoned();
             for t in topics {
                 c.topics.insert((*t).to_owned(), TopicCounts::default());
             }
@@ -231,20 +232,12 @@ impl CountingClient {
 
     /// A copy of everything counted so far.
     pub fn counts(&self) -> Counts {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.counts.lock_unpoisoned().clone()
     }
 
     /// The newest `(epoch, seq)` of `topic`.
     pub fn last(&self, topic: &str) -> Option<(String, u64)> {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .topic(topic)
-            .last
-            .clone()
+        self.counts.lock_unpoisoned().topic(topic).last.clone()
     }
 
     /// Waits until `topic`'s newest seq is at least `seq`; panics after `within`.
@@ -259,12 +252,7 @@ impl CountingClient {
     /// Waits until at least `n` connections were made; panics after `within`.
     pub async fn wait_connections(&self, n: usize, within: Duration) {
         crate::eventually(within, &format!("{n} connections"), || async {
-            self.counts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .connections
-                .len()
-                >= n
+            self.counts.lock_unpoisoned().connections.len() >= n
         })
         .await;
     }
@@ -273,11 +261,7 @@ impl CountingClient {
     pub async fn stop(self) -> Counts {
         self.stop.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        let c = self
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let c = self.counts.lock_unpoisoned().clone();
         c
     }
 }
@@ -311,10 +295,7 @@ async fn run(
 async fn session(url: &str, topics: &[String], counts: &Arc<Mutex<Counts>>) -> Option<Ended> {
     let connect = tokio::time::timeout(crate::RECV_TIMEOUT, tokio_tungstenite::connect_async(url));
     let Ok(Ok((mut ws, _))) = connect.await else {
-        counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .failed_connects += 1;
+        counts.lock_unpoisoned().failed_connects += 1;
         return None;
     };
     let first = tokio::time::timeout(crate::RECV_TIMEOUT, ws.next()).await;
@@ -323,10 +304,7 @@ async fn session(url: &str, topics: &[String], counts: &Arc<Mutex<Counts>>) -> O
         _ => Value::Null,
     };
     if connected["type"] != "connected" {
-        counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .failed_connects += 1;
+        counts.lock_unpoisoned().failed_connects += 1;
         return None;
     }
     let hb_ms = connected["payload"]["heartbeat_interval_ms"]
@@ -336,7 +314,7 @@ async fn session(url: &str, topics: &[String], counts: &Arc<Mutex<Counts>>) -> O
     // node behind a proxy leaves the tunnel open). Plus a second of slack.
     let silence = Duration::from_millis(hb_ms * 3 + 1000);
     let (conn, resumes) = {
-        let mut c = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = counts.lock_unpoisoned();
         c.connections.push(Connection {
             url: url.to_owned(),
             node_id: connected["payload"]["node_id"]
@@ -378,7 +356,7 @@ async fn session(url: &str, topics: &[String], counts: &Arc<Mutex<Counts>>) -> O
             _ => continue,
         };
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-        let mut c = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = counts.lock_unpoisoned();
         match v["type"].as_str() {
             Some("snapshot" | "delta" | "alert") => {
                 let topic = v["topic"].as_str().unwrap_or_default();
@@ -419,11 +397,7 @@ async fn session(url: &str, topics: &[String], counts: &Arc<Mutex<Counts>>) -> O
 }
 
 fn end(counts: &Arc<Mutex<Counts>>, conn: usize, how: Ended) -> Ended {
-    counts
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .connections[conn]
-        .ended = how.clone();
+    counts.lock_unpoisoned().connections[conn].ended = how.clone();
     how
 }
 
