@@ -1,6 +1,7 @@
 //! Fixtures for the integration tests: nodes started in-process on port 0, real
 //! WebSocket clients (tokio-tungstenite), HTTP helpers, and Redis for cluster tests.
 
+pub mod auth;
 pub mod counting;
 pub mod follow;
 pub mod process;
