@@ -344,3 +344,32 @@ fn every_setting_of_the_contract_is_in_the_table_with_its_default() {
     assert_eq!(defaults, 13, "literal defaults compared with SPEC §2");
     assert_eq!(setting(BIND).default, Initial::Value("0.0.0.0:8080"));
 }
+
+#[test]
+fn the_readme_table_lists_every_setting_with_its_flag_and_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let mut seen = Vec::new();
+    let mut literal = 0;
+    for row in readme
+        .lines()
+        .filter(|l| l.starts_with("| `SLUICE_") || l.starts_with("| `REDIS_URL`"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        let Some(s) = SETTINGS.iter().find(|s| s.name == name) else {
+            continue; // a row of another table (e.g. a test's image variable)
+        };
+        assert_eq!(cells[2], format!("`--{}`", flag_name(name)), "{row}");
+        if let Initial::Value(d) = s.default {
+            assert_eq!(cells[3], format!("`{d}`"), "{name}'s default in README.md");
+            literal += 1;
+        }
+        seen.push(name);
+    }
+    let mut names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+    seen.sort_unstable();
+    names.sort_unstable();
+    assert_eq!(seen, names, "README.md lists every setting once");
+    assert_eq!(literal, 22);
+}
