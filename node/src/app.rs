@@ -93,6 +93,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     })
 }
 
+/// How long shutdown waits on each of its Redis steps (registry, broker stop): a node
+/// whose Redis is down still exits.
+const REGISTRY_WAIT: Duration = Duration::from_secs(2);
+
 impl RunningNode {
     /// Drains and stops the node; returns when it is down or the deadline passed.
     pub async fn shutdown(self) {
@@ -100,8 +104,14 @@ impl RunningNode {
         st.lifecycle
             .draining
             .store(true, std::sync::atomic::Ordering::Release);
-        // Tell the cluster at once rather than at the next refresh.
-        crate::registry::publish(&st).await;
+        // Tell the cluster at once rather than at the next refresh, but never wait
+        // long on it: with Redis down, a registry write would wait for a reconnect.
+        if tokio::time::timeout(REGISTRY_WAIT, crate::registry::publish(&st))
+            .await
+            .is_err()
+        {
+            warn!("registry: could not mark this node draining (Redis unreachable?)");
+        }
         let sessions = st.sessions.snapshot();
         let drain = st.config.drain;
         info!(
@@ -131,8 +141,18 @@ impl RunningNode {
             );
         }
         st.shutdown.cancel();
-        st.broker.deregister_node(&st.config.node_id).await;
-        st.broker.shutdown().await;
+        if tokio::time::timeout(REGISTRY_WAIT, st.broker.deregister_node(&st.config.node_id))
+            .await
+            .is_err()
+        {
+            warn!("registry: could not remove this node's record; it expires with its TTL");
+        }
+        if tokio::time::timeout(REGISTRY_WAIT, st.broker.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("broker did not stop within {REGISTRY_WAIT:?}");
+        }
         if tokio::time::timeout(Duration::from_secs(2), self.server)
             .await
             .is_err()

@@ -199,3 +199,29 @@ async fn drain_kill_and_redis_pause_under_traffic_send_every_client_every_messag
         r.abort();
     }
 }
+
+/// A node whose Redis is gone still exits on SIGTERM, within its drain plus the
+/// bounded waits of each shutdown step (it used to hang on the registry writes,
+/// waiting for Redis to come back: still running 40 s after SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_is_gone_still_exits_on_sigterm() {
+    let redis = TestRedis::start().await;
+    let env = vec![
+        ("REDIS_URL", redis.url.clone()),
+        ("SLUICE_DRAIN_SECONDS", "1".to_owned()),
+    ];
+    let mut node = NodeProcess::start("proc-redis-gone", &env).await;
+    // A session open across the loss, so the drain has something to close.
+    let client = CountingClient::start(vec![node.ws_url()], &[TOPIC]);
+    client.wait_connections(1, Duration::from_secs(10)).await;
+    redis.stop().await;
+    node.terminate();
+    // Drain 1 s, then at most 2 s for each of three Redis steps and 2 s for the
+    // HTTP server: 9 s; 15 s leaves room for a loaded machine, far below a hang.
+    let took = node.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        took >= Duration::from_millis(900),
+        "it drained first: {took:?}"
+    );
+    client.stop().await;
+}
