@@ -565,16 +565,9 @@ impl Parser<'_> {
 }
 
 fn check_redis_url(v: &str) -> Result<(), String> {
-    if v.contains(',') {
-        return Err("a list of servers is not supported yet: give one redis:// URL".into());
-    }
-    if v.starts_with("rediss://") || v.contains("cluster://") {
-        return Err("TLS and Redis Cluster are not supported yet: give a redis:// URL".into());
-    }
-    match v.strip_prefix("redis://") {
-        Some(rest) if !rest.is_empty() => Ok(()),
-        _ => Err("expected redis://[user:password@]host:port[/db]".into()),
-    }
+    sluice_common::redis_url::RedisUrl::parse(v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn default_node_id() -> String {
