@@ -27,10 +27,11 @@
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
-use fred::{error::ErrorKind, interfaces::ClientLike};
+use fred::interfaces::ClientLike;
 use serde_json::{json, Value};
 use sluice_common::{
     publisher::{PublishError, Publisher},
+    redis_client::RedisFailure,
     time_fmt, Topic,
 };
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
@@ -540,17 +541,10 @@ async fn publish(publisher: &Publisher, out: &Outgoing) -> Result<(), Failure> {
         Ok(Err(e)) => {
             // Redis answered with an error (e.g. the function library is not
             // loaded yet, or OOM under noeviction): the connection is fine.
-            let replied = matches!(
-                &e,
-                PublishError::Redis(r) if matches!(
-                    r.kind(),
-                    ErrorKind::Unknown
-                        | ErrorKind::InvalidCommand
-                        | ErrorKind::InvalidArgument
-                        | ErrorKind::Parse
-                        | ErrorKind::NotFound
-                )
-            ) || !matches!(e, PublishError::Redis(_));
+            let replied = !matches!(
+                e,
+                PublishError::Redis(RedisFailure::Unavailable(_) | RedisFailure::Timeout(_))
+            );
             Err(Failure {
                 message: e.to_string(),
                 reconnect: !replied,
