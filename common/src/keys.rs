@@ -8,8 +8,12 @@
 //! | --- | --- | --- |
 //! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq`, `snap_ts` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
-//! | `sluice:node:<id>` | string (JSON), TTL | the cluster registry record of a live node |
-//! | `sluice:nodes` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
+//! | `sluice:{nodes}:<id>` | string (JSON), TTL | the cluster registry record of a live node |
+//! | `sluice:{nodes}` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
+//!
+//! The registry keys share the hash tag `{nodes}`: one `MULTI` writes a record and
+//! the index, and one `MGET` reads every record, which on Redis Cluster works only
+//! within one slot.
 
 /// The hash holding a topic's seq counter, epoch and snapshot.
 pub fn meta(topic: &str) -> String {
@@ -22,11 +26,11 @@ pub fn stream(topic: &str) -> String {
 }
 
 /// The index of registered nodes.
-pub const NODES: &str = "sluice:nodes";
+pub const NODES: &str = "sluice:{nodes}";
 
 /// A node's registry record.
 pub fn node(node_id: &str) -> String {
-    format!("sluice:node:{node_id}")
+    format!("sluice:{{nodes}}:{node_id}")
 }
 
 /// Recovers the topic from a stream key built by [`stream`].

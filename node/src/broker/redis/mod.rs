@@ -23,15 +23,20 @@ use fred::{
     clients::{Client, Pool},
     error::Error as RedisError,
     interfaces::{
-        ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
-        TransactionInterface,
+        ClientLike, ClusterInterface, FunctionInterface, KeysInterface, SortedSetsInterface,
+        StreamsInterface, TransactionInterface,
     },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
         Builder, Expiration,
     },
 };
-use sluice_common::{keys, redact, time_fmt, StreamPosition, Topic};
+use sluice_common::{
+    keys, redact,
+    redis_client::{self, PublishArgs, RedisFailure, RedisSettings, ReplicaWait, WaitFailure},
+    redis_url::RedisUrl,
+    time_fmt, StreamPosition, Topic,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -85,6 +90,11 @@ pub struct RedisBroker {
     groups: Vec<Arc<ReaderGroup>>,
     sink: Arc<dyn Sink>,
     library: String,
+    /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
+    replica_wait: ReplicaWait,
+    /// The primaries last seen on Cluster (`host:port`, sorted): a new one gets the
+    /// function library at once.
+    primaries: Mutex<Vec<String>>,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -107,40 +117,58 @@ fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
     b
 }
 
-/// Checks the URL is one this build can serve, with a clear reason when not.
-fn parse_url(url: &str) -> Result<RedisConfig, BrokerError> {
-    let unsupported = |what: &str| {
-        BrokerError::Unavailable(format!(
-            "REDIS_URL: {what} is not supported by this build yet"
-        ))
-    };
-    if url.contains(',') {
-        return Err(unsupported("a list of Redis servers"));
-    }
-    if url.starts_with("rediss") {
-        return Err(unsupported("TLS (rediss://)"));
-    }
-    if url.starts_with("redis+cluster") || url.starts_with("redis-cluster") {
-        return Err(unsupported("Redis Cluster"));
-    }
-    RedisConfig::from_url(url).map_err(|e| {
-        BrokerError::Unavailable(redact::scrub(&format!(
-            "REDIS_URL {:?}: {e}",
-            redact::redact_url(url)
-        )))
-    })
+/// fred's configuration for `url`, through the one `REDIS_URL` parser.
+fn parse_url(url: &str, settings: &RedisSettings) -> Result<RedisConfig, BrokerError> {
+    let parsed =
+        RedisUrl::parse(url).map_err(|e| BrokerError::Config(format!("REDIS_URL: {e}")))?;
+    redis_client::fred_config(&parsed, settings.tls_ca.as_deref())
+        .map_err(|e| BrokerError::Config(e.to_string()))
 }
 
-/// Every fred error leaves this module through here (or through `redact::scrub`
-/// directly): fred may echo its configuration, password included, in error text.
+/// Every fred error leaves this module through here: classified by its kind (and a
+/// Redis error reply by its code), its text scrubbed of the URL's secrets.
+fn broker_error(e: RedisError) -> BrokerError {
+    from_failure(redis_client::classify(&e))
+}
+
+fn from_failure(f: RedisFailure) -> BrokerError {
+    match f {
+        RedisFailure::Refused(m) => BrokerError::Invalid(m),
+        RedisFailure::NotLoaded => {
+            BrokerError::NotLoaded("Redis answered \"Function not found\"".into())
+        }
+        RedisFailure::Timeout(m) => BrokerError::Timeout(m),
+        RedisFailure::Config(m) => BrokerError::Config(m),
+        RedisFailure::Unavailable(m) => BrokerError::Unavailable(m),
+    }
+}
+
+/// Kept under its old name for the registry and read paths.
 fn unavailable(e: RedisError) -> BrokerError {
-    BrokerError::Unavailable(redact::scrub(e.details()))
+    broker_error(e)
 }
 
 impl RedisBroker {
-    /// Connects, loads the function library and starts the readers.
+    /// Connects with the settings of the process environment
+    /// (`SLUICE_REDIS_TLS_CA`, `SLUICE_PUBLISH_REPLICAS`,
+    /// `SLUICE_PUBLISH_REPLICAS_TIMEOUT_MS`); see [`RedisBroker::connect_with`].
     pub async fn connect(
         url: &str,
+        sink: Arc<dyn Sink>,
+        metrics: Arc<Metrics>,
+        history_size: usize,
+        history_ttl: Duration,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let settings = RedisSettings::from_lookup(|k| std::env::var(k).ok())
+            .map_err(|e| BrokerError::Config(e.join("; ")))?;
+        Self::connect_with(url, &settings, sink, metrics, history_size, history_ttl).await
+    }
+
+    /// Connects to any `REDIS_URL` form, loads the function library on every master
+    /// and starts the readers.
+    pub async fn connect_with(
+        url: &str,
+        settings: &RedisSettings,
         sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         history_size: usize,
@@ -149,8 +177,7 @@ impl RedisBroker {
         // Before anything can fail: from here on every error text is scrubbed of it.
         redact::remember_url_secrets(url);
         let shown = redact::redact_url(url);
-        let config = parse_url(url)?;
-        let mut config = config;
+        let mut config = parse_url(url, settings)?;
         // Keep retrying when Redis is down at start-up: the node starts not ready
         // and becomes ready when Redis answers, like after any later outage.
         config.fail_fast = false;
@@ -177,6 +204,8 @@ impl RedisBroker {
             groups,
             sink: sink.clone(),
             library: library_source(history_size, history_ttl),
+            replica_wait: ReplicaWait::new(settings.replicas, settings.replica_timeout),
+            primaries: Mutex::new(Vec::new()),
             connected: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -185,6 +214,7 @@ impl RedisBroker {
         match first {
             Ok(Ok(())) => {
                 broker.load_library().await?;
+                broker.primaries_changed();
                 broker.connected.store(true, Ordering::Release);
                 metrics.redis_connected.set(1.0);
                 info!(url = %shown, "connected to Redis; function library loaded");
@@ -207,37 +237,79 @@ impl RedisBroker {
         Ok(broker)
     }
 
-    /// `FUNCTION LOAD REPLACE` of the library.
+    /// `FUNCTION LOAD REPLACE` of the library on every master (each primary on
+    /// Cluster).
     async fn load_library(&self) -> Result<(), BrokerError> {
-        self.pool
-            .next()
-            .function_load::<String, _>(true, self.library.as_str())
+        redis_client::load_library(self.pool.next(), &self.library)
             .await
-            .map(|_| ())
-            .map_err(|e| {
-                BrokerError::Unavailable(format!(
-                    "loading the sluice function library: {}",
-                    redact::scrub(e.details())
-                ))
+            .map_err(|f| match from_failure(f) {
+                BrokerError::Unavailable(m) => {
+                    BrokerError::NotLoaded(format!("loading the sluice function library: {m}"))
+                }
+                other => other,
             })
     }
 
-    /// Whether the `sluice` library is loaded (true when the check itself fails,
-    /// so a probe error never triggers a reload storm).
+    /// The Cluster's primaries now (empty when not on Cluster).
+    fn current_primaries(&self) -> Vec<String> {
+        let client = self.pool.next();
+        if !client.is_clustered() {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = client
+            .cached_cluster_state()
+            .map(|s| {
+                s.unique_primary_nodes()
+                    .iter()
+                    .map(|p| format!("{}:{}", p.host, p.port))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Records the primaries; true when the set differs from the last one seen (a
+    /// failover or resharding brought a new master).
+    fn primaries_changed(&self) -> bool {
+        let now = self.current_primaries();
+        let mut seen = self.primaries.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        true
+    }
+
+    /// Whether the `sluice` library is loaded on every master (true when the check
+    /// itself fails, so a probe error never triggers a reload storm).
     async fn library_loaded(&self) -> bool {
-        let listed: Result<fred::types::Value, _> = self
-            .pool
-            .next()
-            .custom(
+        let client = self.pool.next();
+        let list = || {
+            (
                 fred::cmd!("FUNCTION"),
                 vec!["LIST", "LIBRARYNAME", "sluice"],
             )
-            .await;
-        match listed {
+        };
+        let answers: Vec<Result<fred::types::Value, RedisError>> = if client.is_clustered() {
+            let primaries = client
+                .cached_cluster_state()
+                .map(|s| s.unique_primary_nodes())
+                .unwrap_or_default();
+            let mut out = Vec::with_capacity(primaries.len());
+            for p in primaries {
+                let (cmd, args) = list();
+                out.push(client.with_cluster_node(p).custom(cmd, args).await);
+            }
+            out
+        } else {
+            let (cmd, args) = list();
+            vec![client.custom(cmd, args).await]
+        };
+        answers.into_iter().all(|a| match a {
             Ok(fred::types::Value::Array(libs)) => !libs.is_empty(),
-            Ok(_) => true,
-            Err(_) => true,
-        }
+            Ok(_) | Err(_) => true,
+        })
     }
 
     /// Probes Redis; on coming back, reloads the library (a Redis restarted without
@@ -272,6 +344,11 @@ impl RedisBroker {
                 }
             } else if !up && was {
                 warn!("Redis unreachable; node not ready until it is back");
+            } else if up && self.primaries_changed() {
+                match self.load_library().await {
+                    Ok(()) => info!("Redis Cluster primaries changed; function library loaded"),
+                    Err(e) => warn!(error = %e, "new primaries, but the library did not load"),
+                }
             } else if up && probes % LIBRARY_CHECK_EVERY == 0 && !self.library_loaded().await {
                 match self.load_library().await {
                     Ok(()) => info!("function library was missing from Redis; reloaded"),
@@ -286,35 +363,33 @@ impl RedisBroker {
     fn group(&self, topic: &Topic) -> &Arc<ReaderGroup> {
         &self.groups[reader::group_of(topic, self.groups.len())]
     }
-
-    async fn fcall_publish(&self, topic: &str, args: &[&str]) -> Result<(u64, String), RedisError> {
-        self.pool
-            .next()
-            .fcall("sluice_publish", topic, args.to_vec())
-            .await
-    }
 }
 
 #[async_trait::async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError> {
-        let mut args = vec![req.payload_json, req.kind.as_str()];
-        if let Some(s) = req.snapshot_json {
-            args.push(s);
-        }
         let topic = req.topic.as_str();
-        let mut result = self.fcall_publish(topic, &args).await;
-        if matches!(&result, Err(e) if e.details().contains("Function not found")) {
-            self.load_library().await?;
-            result = self.fcall_publish(topic, &args).await;
-        }
-        match result {
-            Ok((seq, epoch)) => Ok(StreamPosition { seq, epoch }),
-            Err(e) => match e.details().split_once("sluice: ") {
-                Some((_, reason)) => Err(BrokerError::Invalid(reason.to_owned())),
-                None => Err(unavailable(e)),
-            },
-        }
+        let args = PublishArgs {
+            topic,
+            kind: req.kind,
+            payload_json: req.payload_json,
+            snapshot_json: req.snapshot_json,
+        };
+        // One client for both steps: WAIT counts the writes of its own connection.
+        let client = self.pool.next();
+        let position = redis_client::fcall_publish(client, args, Some(&self.library))
+            .await
+            .map_err(from_failure)?;
+        self.replica_wait
+            .wait(client, topic, position)
+            .await
+            .map_err(|e| match e {
+                WaitFailure::NotReplicated(n) => BrokerError::NotReplicated {
+                    message: n.to_string(),
+                    position: n.position,
+                },
+                WaitFailure::Redis(f) => from_failure(f),
+            })
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
@@ -475,15 +550,42 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_urls_are_refused_clearly() {
-        for url in [
-            "rediss://h:1",
-            "redis+cluster://h:1",
-            "redis://a:1,redis://b:2",
-        ] {
-            let err = parse_url(url).unwrap_err().to_string();
-            assert!(err.contains("not supported"), "{url}: {err}");
-        }
-        assert!(parse_url("redis://127.0.0.1:6379/0").is_ok());
+    fn every_url_form_is_configured_and_bad_ones_refused_without_the_password() {
+        let s = RedisSettings::default();
+        assert!(parse_url("redis://127.0.0.1:6379/0", &s).is_ok());
+        let c = parse_url("redis-cluster://h:7000?node=h:7001", &s).unwrap();
+        assert!(c.server.is_clustered());
+        let c = parse_url("redis-sentinel://h:26379?sentinelServiceName=m", &s).unwrap();
+        assert!(c.server.is_sentinel());
+        assert!(parse_url("rediss://127.0.0.1:6380", &s).is_ok_and(|c| c.tls.is_some()));
+        let err = parse_url("http://u:hunter2-pw@h:1", &s).unwrap_err();
+        assert!(matches!(err, BrokerError::Config(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2-pw"), "{err}");
+    }
+
+    #[test]
+    fn redis_failures_map_to_broker_errors_by_kind() {
+        use fred::error::ErrorKind;
+        let e = |k, t: &str| broker_error(RedisError::new(k, t.to_owned()));
+        assert_eq!(
+            e(ErrorKind::Unknown, "ERR sluice: payload is not valid JSON"),
+            BrokerError::Invalid("payload is not valid JSON".into())
+        );
+        assert!(matches!(
+            e(ErrorKind::Unknown, "ERR Function not found"),
+            BrokerError::NotLoaded(_)
+        ));
+        assert!(matches!(
+            e(ErrorKind::Timeout, "timed out"),
+            BrokerError::Timeout(_)
+        ));
+        assert!(matches!(
+            e(ErrorKind::Auth, "WRONGPASS"),
+            BrokerError::Config(_)
+        ));
+        assert!(matches!(
+            e(ErrorKind::IO, "connection reset"),
+            BrokerError::Unavailable(_)
+        ));
     }
 }
