@@ -5,6 +5,7 @@ pub mod counting;
 pub mod follow;
 pub mod process;
 pub mod redis;
+pub mod redis_topology;
 pub mod security;
 pub mod traffic;
 
