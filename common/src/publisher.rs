@@ -2,9 +2,9 @@
 //! `FCALL sluice_publish 1 <topic> <payload> [<type> [<snapshot>]]`, so Rust engines,
 //! `POST /publish` and engines in any other language go through the same atomic step.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use fred::{clients::Pool, interfaces::ClientLike};
+use fred::{clients::Pool, interfaces::ClientLike, types::config::ReconnectPolicy};
 use serde::Serialize;
 
 use crate::{
@@ -16,6 +16,9 @@ use crate::{
     redis_url::RedisUrl,
     topic::Topic,
 };
+
+/// A publish that gets no answer within this long fails (`Timeout`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The name of the publishing function in the `sluice` library.
 pub const PUBLISH_FUNCTION: &str = "sluice_publish";
@@ -110,7 +113,11 @@ impl Publisher {
         let parsed = RedisUrl::parse(url).map_err(|e| PublishError::Config(e.to_string()))?;
         let config = fred_config(&parsed, settings.tls_ca.as_deref())
             .map_err(|e| PublishError::Config(e.to_string()))?;
+        // Reconnect for ever (a failover, a restart), and fail a call rather than
+        // hang while Redis is away: the engine decides whether to retry.
         let pool = fred::types::Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = CALL_TIMEOUT)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_pool(size.max(1))
             .map_err(|e| RedisFailure::Config(crate::redact::scrub(e.details())))?;
         pool.init()

@@ -110,7 +110,7 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 
 /// Certificates for a TLS Redis on 127.0.0.1: a CA and a server certificate it
 /// signs, with the IP address as subject alternative name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TestCerts {
     pub dir: PathBuf,
     pub ca: PathBuf,
@@ -197,8 +197,13 @@ pub struct TlsRedis {
 }
 
 impl TlsRedis {
+    /// A TLS-only Redis with certificates of its own.
     pub fn start() -> TlsRedis {
-        let certs = TestCerts::make("tls");
+        TlsRedis::with_certs(TestCerts::make("tls"))
+    }
+
+    /// A TLS-only Redis presenting `certs`' server certificate.
+    pub fn with_certs(certs: TestCerts) -> TlsRedis {
         let port = free_port();
         let args: Vec<String> = [
             "--port",

@@ -11,15 +11,17 @@ use sluice_common::{
 };
 use sluice_tests::{redis_topology::TestCerts, redis_topology::TlsRedis, seqs, start_node};
 
-/// One TLS Redis for this test binary; the CA variable is set before any node
-/// starts (the node reads it at connect time).
-fn redis() -> &'static TlsRedis {
-    static R: OnceLock<TlsRedis> = OnceLock::new();
-    R.get_or_init(|| {
-        let r = TlsRedis::start();
-        std::env::set_var(TLS_CA_VAR, &r.certs.ca);
-        r
-    })
+/// A TLS Redis per test (stopped with it), all signed by one CA for this test
+/// binary, named in the CA variable before any node starts (a node reads it when
+/// it connects).
+fn redis() -> TlsRedis {
+    static CERTS: OnceLock<TestCerts> = OnceLock::new();
+    let certs = CERTS.get_or_init(|| {
+        let c = TestCerts::make("tls");
+        std::env::set_var(TLS_CA_VAR, &c.ca);
+        c
+    });
+    TlsRedis::with_certs(certs.clone())
 }
 
 fn settings(ca: &std::path::Path) -> RedisSettings {
@@ -32,7 +34,7 @@ fn settings(ca: &std::path::Path) -> RedisSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_and_resume_work_over_tls() {
-    let redis = redis();
+    let redis = &redis();
     let url = redis.url();
     let node = start_node(|c| c.redis_url = Some(url.clone())).await;
     let (_, health) = node.get_json("/health", None).await;
@@ -84,7 +86,7 @@ async fn publish_subscribe_and_resume_work_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_signed_by_another_ca_is_refused_with_a_tls_error() {
-    let redis = redis();
+    let redis = &redis();
     let stranger = TestCerts::make("stranger");
     let err = tokio::time::timeout(
         Duration::from_secs(10),
@@ -106,7 +108,7 @@ async fn a_server_signed_by_another_ca_is_refused_with_a_tls_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_in_a_rediss_url_never_shows_in_an_error() {
-    let redis = redis();
+    let redis = &redis();
     let url = format!(
         "rediss://user:tls-hunter2-secret@127.0.0.1:{}",
         redis.server.port
