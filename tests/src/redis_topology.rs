@@ -387,8 +387,15 @@ impl TestCluster {
             .iter()
             .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
             || c.masters().len() != 3
+            || !c.masters().iter().all(|&m| {
+                let info = cli(m, &["INFO", "replication"]);
+                info.contains("connected_slaves:1") && info.contains("state=online")
+            })
         {
-            assert!(Instant::now() < deadline, "cluster did not become ok");
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not become ok with every replica online"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
