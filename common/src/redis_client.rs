@@ -102,11 +102,12 @@ impl RedisSettings {
         }
         if let Some(v) = get(PUBLISH_REPLICAS_TIMEOUT_VAR) {
             match v.parse::<u64>() {
-                Ok(ms) if (1..=60_000).contains(&ms) => {
+                // Below the 5 s after which a call fails anyway (node and Publisher).
+                Ok(ms) if (1..=4_000).contains(&ms) => {
                     s.replica_timeout = Duration::from_millis(ms)
                 }
                 _ => errors.push(format!(
-                    "{PUBLISH_REPLICAS_TIMEOUT_VAR}={v:?}: expected milliseconds 1-60000"
+                    "{PUBLISH_REPLICAS_TIMEOUT_VAR}={v:?}: expected milliseconds 1-4000"
                 )),
             }
         }
@@ -472,6 +473,15 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
+        // Above what a call may take at all (5 s).
+        let errs = RedisSettings::from_lookup(lookup(&[(PUBLISH_REPLICAS_TIMEOUT_VAR, "5000")]))
+            .unwrap_err();
+        assert_eq!(
+            errs,
+            vec![format!(
+                "{PUBLISH_REPLICAS_TIMEOUT_VAR}=\"5000\": expected milliseconds 1-4000"
+            )]
+        );
         for (line, var) in errs.iter().zip([
             TLS_CA_VAR,
             PUBLISH_REPLICAS_VAR,

@@ -1,7 +1,8 @@
 //! `redis-sentinel://`: a node and an engine find the master through three
 //! sentinels; publish, subscribe and resume work; then the master is killed, the
 //! replica promoted, publishing continues, and every publish acknowledged (after
-//! its replica wait) reaches a resuming client exactly once, at its seq.
+//! its replica wait) reaches a client resuming on another node exactly once, at
+//! its seq, while the client that stayed connected keeps receiving.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -146,9 +147,10 @@ async fn acknowledged_publishes_survive_a_sentinel_failover_exactly_once() {
     let acked = acked.lock().await.clone();
     let last = *acked.keys().last().expect("acknowledged");
 
-    // A client resuming from the start gets the whole history, every acknowledged
-    // publish exactly once at its seq.
-    let mut resumed = node.client().await;
+    // A client resuming from the start, on a second node, gets the whole history,
+    // every acknowledged publish exactly once at its seq.
+    let other = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let mut resumed = other.client().await;
     let ack = resumed
         .subscribe(json!({ "topic": TOPIC, "resume_from_seq": 1, "epoch": epoch }))
         .await;
