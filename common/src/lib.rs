@@ -16,6 +16,8 @@ pub mod topic;
 pub mod publisher;
 #[cfg(feature = "publisher")]
 pub mod redis_client;
+#[cfg(feature = "publisher")]
+pub mod replica_wait;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -9,11 +9,9 @@ use serde::Serialize;
 
 use crate::{
     position::StreamPosition,
-    redis_client::{
-        fcall_publish, fred_config, PublishArgs, RedisFailure, RedisSettings, ReplicaWait,
-        WaitFailure,
-    },
+    redis_client::{fcall_publish, fred_config, PublishArgs, RedisFailure, RedisSettings},
     redis_url::RedisUrl,
+    replica_wait::{ReplicaWait, WaitFailure},
     topic::Topic,
 };
 
@@ -62,7 +60,7 @@ pub enum PublishError {
     /// Redis took the publish (it has a seq) but too few replicas confirmed it in
     /// time: it may be lost if the master fails before they catch up.
     #[error(transparent)]
-    NotReplicated(crate::redis_client::NotReplicated),
+    NotReplicated(crate::replica_wait::NotReplicated),
 }
 
 impl From<WaitFailure> for PublishError {

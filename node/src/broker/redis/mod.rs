@@ -8,6 +8,8 @@
 
 // Public only so the fuzz targets (`fuzz/`) can drive the decoder directly.
 pub mod decode;
+mod errors;
+mod library;
 mod reader;
 
 use std::{
@@ -21,10 +23,9 @@ use std::{
 
 use fred::{
     clients::{Client, Pool},
-    error::Error as RedisError,
     interfaces::{
-        ClientLike, ClusterInterface, FunctionInterface, KeysInterface, SortedSetsInterface,
-        StreamsInterface, TransactionInterface,
+        ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
+        TransactionInterface,
     },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -33,8 +34,8 @@ use fred::{
 };
 use sluice_common::{
     keys, redact,
-    redis_client::{self, PublishArgs, RedisFailure, RedisSettings, ReplicaWait, WaitFailure},
-    redis_url::RedisUrl,
+    redis_client::{self, PublishArgs, RedisSettings},
+    replica_wait::{ReplicaWait, WaitFailure},
     time_fmt, StreamPosition, Topic,
 };
 use tokio::task::JoinHandle;
@@ -43,6 +44,7 @@ use tracing::{info, warn};
 
 use self::{
     decode::{decode_entry, EpochCache},
+    errors::{from_failure, parse_url, unavailable},
     reader::ReaderGroup,
 };
 use super::{Broker, BrokerError, PublishRequest, TopicState};
@@ -115,37 +117,6 @@ fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
         b.with_performance_config(|p| p.default_command_timeout = t);
     }
     b
-}
-
-/// fred's configuration for `url`, through the one `REDIS_URL` parser.
-fn parse_url(url: &str, settings: &RedisSettings) -> Result<RedisConfig, BrokerError> {
-    let parsed =
-        RedisUrl::parse(url).map_err(|e| BrokerError::Config(format!("REDIS_URL: {e}")))?;
-    redis_client::fred_config(&parsed, settings.tls_ca.as_deref())
-        .map_err(|e| BrokerError::Config(e.to_string()))
-}
-
-/// Every fred error leaves this module through here: classified by its kind (and a
-/// Redis error reply by its code), its text scrubbed of the URL's secrets.
-fn broker_error(e: RedisError) -> BrokerError {
-    from_failure(redis_client::classify(&e))
-}
-
-fn from_failure(f: RedisFailure) -> BrokerError {
-    match f {
-        RedisFailure::Refused(m) => BrokerError::Invalid(m),
-        RedisFailure::NotLoaded => {
-            BrokerError::NotLoaded("Redis answered \"Function not found\"".into())
-        }
-        RedisFailure::Timeout(m) => BrokerError::Timeout(m),
-        RedisFailure::Config(m) => BrokerError::Config(m),
-        RedisFailure::Unavailable(m) => BrokerError::Unavailable(m),
-    }
-}
-
-/// Kept under its old name for the registry and read paths.
-fn unavailable(e: RedisError) -> BrokerError {
-    broker_error(e)
 }
 
 impl RedisBroker {
@@ -235,81 +206,6 @@ impl RedisBroker {
         tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(broker)
-    }
-
-    /// `FUNCTION LOAD REPLACE` of the library on every master (each primary on
-    /// Cluster).
-    async fn load_library(&self) -> Result<(), BrokerError> {
-        redis_client::load_library(self.pool.next(), &self.library)
-            .await
-            .map_err(|f| match from_failure(f) {
-                BrokerError::Unavailable(m) => {
-                    BrokerError::NotLoaded(format!("loading the sluice function library: {m}"))
-                }
-                other => other,
-            })
-    }
-
-    /// The Cluster's primaries now (empty when not on Cluster).
-    fn current_primaries(&self) -> Vec<String> {
-        let client = self.pool.next();
-        if !client.is_clustered() {
-            return Vec::new();
-        }
-        let mut out: Vec<String> = client
-            .cached_cluster_state()
-            .map(|s| {
-                s.unique_primary_nodes()
-                    .iter()
-                    .map(|p| format!("{}:{}", p.host, p.port))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
-    }
-
-    /// Records the primaries; true when the set differs from the last one seen (a
-    /// failover or resharding brought a new master).
-    fn primaries_changed(&self) -> bool {
-        let now = self.current_primaries();
-        let mut seen = self.primaries.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
-            return false;
-        }
-        *seen = now;
-        true
-    }
-
-    /// Whether the `sluice` library is loaded on every master (true when the check
-    /// itself fails, so a probe error never triggers a reload storm).
-    async fn library_loaded(&self) -> bool {
-        let client = self.pool.next();
-        let list = || {
-            (
-                fred::cmd!("FUNCTION"),
-                vec!["LIST", "LIBRARYNAME", "sluice"],
-            )
-        };
-        let answers: Vec<Result<fred::types::Value, RedisError>> = if client.is_clustered() {
-            let primaries = client
-                .cached_cluster_state()
-                .map(|s| s.unique_primary_nodes())
-                .unwrap_or_default();
-            let mut out = Vec::with_capacity(primaries.len());
-            for p in primaries {
-                let (cmd, args) = list();
-                out.push(client.with_cluster_node(p).custom(cmd, args).await);
-            }
-            out
-        } else {
-            let (cmd, args) = list();
-            vec![client.custom(cmd, args).await]
-        };
-        answers.into_iter().all(|a| match a {
-            Ok(fred::types::Value::Array(libs)) => !libs.is_empty(),
-            Ok(_) | Err(_) => true,
-        })
     }
 
     /// Probes Redis; on coming back, reloads the library (a Redis restarted without
@@ -547,45 +443,5 @@ mod tests {
         assert!(src.contains("local HISTORY_SIZE = 250\n"));
         assert!(src.contains("local HISTORY_TTL = 60\n"));
         assert!(!src.contains("__HISTORY"));
-    }
-
-    #[test]
-    fn every_url_form_is_configured_and_bad_ones_refused_without_the_password() {
-        let s = RedisSettings::default();
-        assert!(parse_url("redis://127.0.0.1:6379/0", &s).is_ok());
-        let c = parse_url("redis-cluster://h:7000?node=h:7001", &s).unwrap();
-        assert!(c.server.is_clustered());
-        let c = parse_url("redis-sentinel://h:26379?sentinelServiceName=m", &s).unwrap();
-        assert!(c.server.is_sentinel());
-        assert!(parse_url("rediss://127.0.0.1:6380", &s).is_ok_and(|c| c.tls.is_some()));
-        let err = parse_url("http://u:hunter2-pw@h:1", &s).unwrap_err();
-        assert!(matches!(err, BrokerError::Config(_)), "{err:?}");
-        assert!(!err.to_string().contains("hunter2-pw"), "{err}");
-    }
-
-    #[test]
-    fn redis_failures_map_to_broker_errors_by_kind() {
-        use fred::error::ErrorKind;
-        let e = |k, t: &str| broker_error(RedisError::new(k, t.to_owned()));
-        assert_eq!(
-            e(ErrorKind::Unknown, "ERR sluice: payload is not valid JSON"),
-            BrokerError::Invalid("payload is not valid JSON".into())
-        );
-        assert!(matches!(
-            e(ErrorKind::Unknown, "ERR Function not found"),
-            BrokerError::NotLoaded(_)
-        ));
-        assert!(matches!(
-            e(ErrorKind::Timeout, "timed out"),
-            BrokerError::Timeout(_)
-        ));
-        assert!(matches!(
-            e(ErrorKind::Auth, "WRONGPASS"),
-            BrokerError::Config(_)
-        ));
-        assert!(matches!(
-            e(ErrorKind::IO, "connection reset"),
-            BrokerError::Unavailable(_)
-        ));
     }
 }
