@@ -41,12 +41,12 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 # 1. dependencies only (cached until a manifest or Cargo.lock changes)
 COPY --from=planner /plan/ ./
-RUN cargo build --release --locked -p sluice-node --bins
+RUN cargo build --release --locked -p sluice-node -p sluice-demo-engine --bins
 # 2. the workspace itself; touch the sources so cargo does not take the stubs
 #    built above for up to date
 COPY . .
 RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
-    && cargo build --release --locked -p sluice-node --bins \
+    && cargo build --release --locked -p sluice-node -p sluice-demo-engine --bins \
     && mkdir /out \
     && cp target/release/sluice target/release/sluice-demo-engine /out/ \
     && objcopy --strip-debug /out/sluice \

@@ -26,7 +26,7 @@
 #
 # Usage: scripts/build-images.sh [--no-build] [--force] [--no-alias]
 #   --no-build  use the binaries already in target/release (default: first run
-#               `cargo build --release -p sluice-node --bins`, a no-op when fresh)
+#               `cargo build --release -p sluice-node -p sluice-demo-engine --bins`, a no-op when fresh)
 #   --force     rebuild every image even when its inputs have not changed
 #   --no-alias  do not tag redis:7.0 / haproxy:2.6
 #
@@ -179,12 +179,12 @@ alias_tag() {
 
 if [[ $BUILD -eq 1 ]]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (or pass --no-build)"
-    cargo build --release -p sluice-node --bins >&2 || die "cargo build failed"
+    cargo build --release -p sluice-node -p sluice-demo-engine --bins >&2 || die "cargo build failed"
 fi
 SLUICE_BIN="$TARGET_DIR/release/sluice"
 ENGINE_BIN="$TARGET_DIR/release/sluice-demo-engine"
 for b in "$SLUICE_BIN" "$ENGINE_BIN"; do
-    [[ -x "$b" ]] || die "$b is missing: run cargo build --release -p sluice-node --bins (or drop --no-build)"
+    [[ -x "$b" ]] || die "$b is missing: run cargo build --release -p sluice-node -p sluice-demo-engine --bins (or drop --no-build)"
 done
 CURL_BIN=$(command -v curl || true)
 [[ -n "$CURL_BIN" ]] || die "curl is missing on this host (apt-get install curl): the image's health check uses it"

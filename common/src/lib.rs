@@ -5,6 +5,7 @@
 pub mod close_code;
 pub mod error_code;
 pub mod keys;
+pub mod lock;
 pub mod position;
 pub mod protocol;
 pub mod redact;

@@ -447,10 +447,10 @@ impl ServerFrame {
     }
 }
 
-/// Whether `text` is one complete, strictly valid JSON value. (serde's
-/// `IgnoredAny` skips numbers loosely and accepts `1.`, so this parses fully.)
+/// Whether `text` is one complete, strictly valid JSON value: exactly what
+/// `serde_json::Value` accepts, checked without building one.
 pub fn is_json(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok()
+    serde_json::from_str::<validate::Valid>(text).is_ok()
 }
 
 /// Deserializes a field that is present (even as `null`) into `Some`.
@@ -490,6 +490,8 @@ fn push_json_str(out: &mut String, s: &str) {
     // Topics and epochs are plain ASCII by construction; escape anyway, it is cheap.
     out.push_str(&Value::String(s.to_owned()).to_string());
 }
+
+mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
+use crate::lock::MutexExt;
+
 /// What a removed secret is replaced with.
 pub const MASK: &str = "***";
 
@@ -128,7 +130,7 @@ fn registry() -> &'static Mutex<Vec<String>> {
 /// Process-wide on purpose: an error string can surface far from the code that knew
 /// the URL (a reader task, a reconnect, a pool), and every such path must be covered.
 pub fn remember_url_secrets(url: &str) {
-    let mut known = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut known = registry().lock_unpoisoned();
     for s in url_secrets(url) {
         if !known.contains(&s) {
             known.push(s);
@@ -140,7 +142,7 @@ pub fn remember_url_secrets(url: &str) {
 /// `text` with every remembered secret replaced by `***`. Use it on any error text
 /// that came from a Redis client.
 pub fn scrub(text: &str) -> String {
-    let known = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let known = registry().lock_unpoisoned();
     let mut out = text.to_owned();
     for s in known.iter() {
         if out.contains(s.as_str()) {

@@ -210,7 +210,12 @@ pub enum RedisFailure {
     /// Configuration refused by Redis or fred: credentials, TLS, URL.
     #[error("configuration: {0}")]
     Config(String),
-    /// Unreachable, restarting, read-only during a failover, cluster reconfiguring.
+    /// Redis answered with another error: out of memory under `noeviction`,
+    /// `READONLY` (a replica, during a failover), `LOADING`, `BUSY`, a reply of an
+    /// unexpected shape. The connection itself is fine.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Unreachable, connection lost or cancelled, cluster or sentinel reconfiguring.
     #[error("unavailable: {0}")]
     Unavailable(String),
 }
@@ -231,9 +236,10 @@ pub fn classify(e: &FredError) -> RedisFailure {
                     RedisFailure::Refused(m["sluice: ".len()..].to_owned())
                 }
                 ("ERR", "Function not found") => RedisFailure::NotLoaded,
-                _ => RedisFailure::Unavailable(text),
+                _ => RedisFailure::Rejected(text),
             }
         }
+        ErrorKind::Parse | ErrorKind::NotFound => RedisFailure::Rejected(text),
         _ => RedisFailure::Unavailable(text),
     }
 }
@@ -368,7 +374,7 @@ mod tests {
             classify(&reply(
                 "READONLY You can't write against a read only replica."
             )),
-            RedisFailure::Unavailable(_)
+            RedisFailure::Rejected(_)
         ));
         // The same text with a transport kind is not a server reply.
         assert!(matches!(

@@ -67,6 +67,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
+    // The hub tells the broker which topics to follow.
+    hub.attach(&broker);
     let listener = listen(config.bind)
         .with_context(|| format!("cannot listen on {} ({})", config.bind, crate::config::BIND))?;
     let addr = listener.local_addr()?;
@@ -95,7 +97,8 @@ impl RunningNode {
     /// Drains and stops the node; returns when it is down or the deadline passed.
     pub async fn shutdown(self) {
         let st = self.state.clone();
-        st.draining
+        st.lifecycle
+            .draining
             .store(true, std::sync::atomic::Ordering::Release);
         // Tell the cluster at once rather than at the next refresh.
         crate::registry::publish(&st).await;
@@ -145,9 +148,9 @@ impl RunningNode {
     /// Stops the node abruptly, as a crash would: no close frames.
     pub fn kill(self) {
         // Sessions that register after the snapshot see the token when they start.
-        self.state.killed.cancel();
+        self.state.lifecycle.killed.cancel();
         for s in self.state.sessions.snapshot() {
-            s.mailbox.signal(crate::session::Signal::Killed);
+            s.mailbox.signal(crate::hub::Signal::Killed);
         }
         self.server.abort();
         for t in self.background {

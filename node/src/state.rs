@@ -3,9 +3,9 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -19,18 +19,17 @@ use crate::{
     broker::Broker,
     config::Config,
     hub::Hub,
-    hub::SessionId,
     metrics::Metrics,
-    session::{Mailbox, Signal},
+    session::{Lifecycle, SessionContext, SessionId, SessionRegistry},
 };
 
 #[derive(Debug)]
 pub struct AppState {
-    pub config: Config,
+    pub config: Arc<Config>,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub sessions: SessionRegistry,
     /// Open connections per client (`net::cap_key`: IPv4 address or IPv6 /64), for
     /// `SLUICE_MAX_CONNECTIONS_PER_IP`.
@@ -38,13 +37,12 @@ pub struct AppState {
     /// Admitted connections, for `SLUICE_MAX_CONNECTIONS`: every accepted TCP
     /// connection (before its request, idle between requests, or upgraded).
     admitted: AtomicUsize,
-    /// Set when the node starts draining: `/ready` answers 503, upgrades are refused.
-    pub draining: AtomicBool,
+    /// Draining and killed: shared with every session.
+    pub lifecycle: Arc<Lifecycle>,
+    /// What sessions reach of the node.
+    pub session: Arc<SessionContext>,
     /// Cancelled when the node stops: background tasks end.
     pub shutdown: CancellationToken,
-    /// Cancelled to simulate a crash: sessions drop their sockets without a close frame
-    /// (each open session is also signalled; one starting later checks this).
-    pub killed: CancellationToken,
     /// Every session task, so shutdown can wait for them (axum's `on_upgrade`
     /// spawns outside graceful shutdown).
     pub tracker: TaskTracker,
@@ -62,18 +60,29 @@ impl AppState {
         metrics: Arc<Metrics>,
         auth: Authenticator,
     ) -> Self {
+        let config = Arc::new(config);
+        let auth = Arc::new(auth);
+        let lifecycle = Arc::new(Lifecycle::default());
+        let session = Arc::new(SessionContext {
+            config: config.clone(),
+            hub: hub.clone(),
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            lifecycle: lifecycle.clone(),
+        });
         AppState {
             config,
             hub,
             broker,
             metrics,
             auth,
+            lifecycle,
+            session,
             sessions: SessionRegistry::default(),
             per_ip: Mutex::new(HashMap::new()),
             admitted: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
-            killed: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
             started_at: time_fmt::now(),
@@ -86,7 +95,7 @@ impl AppState {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.lifecycle.is_draining()
     }
 
     /// Reserves one of `SLUICE_MAX_CONNECTIONS` slots atomically, so a burst of
@@ -169,113 +178,5 @@ impl Drop for Admission {
         if let Some(ip) = self.ip {
             self.state.remove_ip(ip);
         }
-    }
-}
-
-/// What `/connections` shows of a session (its subscriptions come from the hub),
-/// and its mailbox: how the hub, the drain and a kill reach it. One allocation per
-/// session, shared by the session task, the registry and the hub.
-#[derive(Debug)]
-pub struct SessionInfo {
-    pub connection_id: uuid::Uuid,
-    pub client_ip: SocketAddr,
-    /// Unix ms when the connection was accepted.
-    pub connected_ms: i64,
-    /// Unix ms of the last frame (of any kind) from the client.
-    pub last_seen_ms: AtomicI64,
-    /// The token's subject, when the session is authenticated.
-    pub user: Option<String>,
-    /// `x-device-type` from the upgrade request, sanitized and bounded.
-    pub device_type: Option<String>,
-    /// `x-client-version` from the upgrade request, sanitized and bounded.
-    pub client_version: Option<String>,
-    /// Publications queued for the session, and the signals that end it.
-    pub mailbox: Mailbox,
-}
-
-impl SessionInfo {
-    /// `queue_size`: how many publications may wait for the session (`SLUICE_QUEUE_SIZE`).
-    pub fn new(client_ip: SocketAddr, user: Option<String>, queue_size: usize) -> Self {
-        let now = time_fmt::now_ms();
-        SessionInfo {
-            connection_id: uuid::Uuid::new_v4(),
-            client_ip,
-            connected_ms: now,
-            last_seen_ms: AtomicI64::new(now),
-            user,
-            device_type: None,
-            client_version: None,
-            mailbox: Mailbox::new(queue_size),
-        }
-    }
-
-    /// What the client said about itself at the upgrade (mobile headers).
-    pub fn with_client(
-        mut self,
-        device_type: Option<String>,
-        client_version: Option<String>,
-    ) -> Self {
-        self.device_type = device_type;
-        self.client_version = client_version;
-        self
-    }
-
-    pub fn touch(&self) {
-        self.last_seen_ms
-            .store(time_fmt::now_ms(), Ordering::Relaxed);
-    }
-
-    /// Makes the session close with 1012 (drain).
-    pub fn stop(&self) {
-        self.mailbox.signal(Signal::Stop);
-    }
-}
-
-/// The sessions of this node, for `/connections` and for draining.
-#[derive(Debug, Default)]
-pub struct SessionRegistry {
-    inner: Mutex<HashMap<SessionId, Arc<SessionInfo>>>,
-}
-
-impl SessionRegistry {
-    pub fn insert(&self, id: SessionId, info: Arc<SessionInfo>) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, info);
-    }
-
-    pub fn remove(&self, id: SessionId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-    }
-
-    /// Every session with its id.
-    pub fn entries(&self) -> Vec<(SessionId, Arc<SessionInfo>)> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, info)| (*id, info.clone()))
-            .collect()
-    }
-
-    pub fn snapshot(&self) -> Vec<Arc<SessionInfo>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -8,11 +8,11 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Map, Value};
 use sluice_common::TopicPattern;
 
+/// Shortest secret accepted: the node's own minimum (HS256 keys below 256 bits can
+/// be brute-forced), so a minted token always verifies on a node with that secret.
+pub use crate::config::MIN_SECRET_BYTES;
 use crate::config::{JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET};
 
-/// Shortest secret accepted: HS256 keys below 256 bits can be brute-forced, and
-/// the node refuses them at start-up too.
-pub const MIN_SECRET_BYTES: usize = 32;
 /// Lifetime of a token without `--ttl`: one hour.
 pub const DEFAULT_TTL: u64 = 3600;
 /// Longest `--ttl`: one year.

@@ -7,13 +7,13 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use serde_json::json;
-use sluice_common::publisher::Publisher;
+use sluice_common::{lock::MutexExt, publisher::Publisher};
 use tokio::task::JoinHandle;
 
 /// Publishes begun and acknowledged while one phase of the test was current.
@@ -72,19 +72,19 @@ struct Shared {
 
 impl Shared {
     fn count(&self, f: impl FnOnce(&mut Phase)) {
-        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phases = self.phases.lock_unpoisoned();
         if let Some(p) = phases.last_mut() {
             f(p);
         }
     }
 
     fn current_index(&self) -> usize {
-        let phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let phases = self.phases.lock_unpoisoned();
         phases.len() - 1
     }
 
     fn record_wait(&self, phase: usize, waited: Duration) {
-        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phases = self.phases.lock_unpoisoned();
         let p = &mut phases[phase];
         p.slowest = p.slowest.max(waited);
     }
@@ -168,26 +168,18 @@ impl Traffic {
 
     /// Starts a new phase; what happens from now on counts toward it.
     pub fn phase(&self, name: &str) {
-        self.shared
-            .phases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Phase {
-                name: name.to_owned(),
-                begun: 0,
-                acked: 0,
-                failed: 0,
-                slowest: Duration::ZERO,
-            });
+        self.shared.phases.lock_unpoisoned().push(Phase {
+            name: name.to_owned(),
+            begun: 0,
+            acked: 0,
+            failed: 0,
+            slowest: Duration::ZERO,
+        });
     }
 
     /// The current phase's counts.
     pub fn current(&self) -> Phase {
-        let phases = self
-            .shared
-            .phases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let phases = self.shared.phases.lock_unpoisoned();
         phases.last().cloned().expect("a phase")
     }
 
@@ -222,12 +214,7 @@ impl Traffic {
             .unwrap_or_else(|e| panic!("the engine failed: {e}"));
         let report = TrafficReport {
             last_seq: self.shared.last_seq.load(Ordering::Acquire),
-            phases: self
-                .shared
-                .phases
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            phases: self.shared.phases.lock_unpoisoned().clone(),
             retries,
             max_retries_for_one,
         };

@@ -35,7 +35,7 @@ pub use inflate::{gunzip, InflateError};
 pub use rustls;
 pub use tracker::Tracker;
 
-use crate::protocol::ServerFrame;
+use crate::{lock::MutexExt, protocol::ServerFrame};
 
 /// How to connect and reconnect.
 #[derive(Debug, Clone)]
@@ -186,11 +186,7 @@ impl Shared {
     }
 
     pub(crate) fn set_error(&self, e: impl Into<String>) {
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+        *self.stats.last_error.lock_unpoisoned() = Some(e.into());
     }
 }
 

@@ -172,7 +172,7 @@ pub async fn connections(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&st, &headers)?;
-    let mut topics = st.hub.topics_by_session();
+    let mut topics = st.hub.topics_by_subscriber();
     let list: Vec<Value> = st
         .sessions
         .entries()

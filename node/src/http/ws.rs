@@ -31,8 +31,8 @@ use super::ApiError;
 use crate::{
     auth::Identity,
     net::{self, Accepted},
-    session::{Session, SessionEnd, SessionParams},
-    state::{Admission, AppState, SessionInfo},
+    session::{Session, SessionEnd, SessionInfo, SessionParams},
+    state::{Admission, AppState},
 };
 
 /// tungstenite preallocates its read buffer per socket (128 KiB by default) and
@@ -393,7 +393,7 @@ impl Start {
         let tracker = st.tracker.clone();
         let ended = (st.clone(), info.clone());
         let session = Session::new(
-            st,
+            st.session.clone(),
             socket,
             SessionParams {
                 id,

@@ -26,6 +26,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use sluice_common::lock::MutexExt;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -54,13 +55,13 @@ pub struct Accepted {
 impl Accepted {
     /// Takes the connection's admission, for a session to hold. `None` once taken.
     pub fn take_admission(&self) -> Option<Admission> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.slot.lock_unpoisoned().take()
     }
 
     /// Returns an admission taken by an upgrade that was then refused, so the
     /// connection (which may carry more requests) still holds its place.
     pub fn give_back(&self, admission: Admission) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(admission);
+        *self.slot.lock_unpoisoned() = Some(admission);
     }
 }
 

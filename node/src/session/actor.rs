@@ -29,18 +29,15 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::{
+    context::SessionContext,
     delivery::Subs,
     limits::{Limits, Verdict},
-    mailbox::Signal,
     outbound::{Batcher, FrameOptions},
+    registry::{SessionId, SessionInfo},
+    writer::Tally,
     SessionEnd,
 };
-use crate::{
-    auth::Identity,
-    hub::SessionId,
-    publication::Pub,
-    state::{AppState, SessionInfo},
-};
+use crate::{auth::Identity, hub::Signal, publication::Pub};
 
 /// How long a closing session waits for its close frame to reach the client.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -68,7 +65,7 @@ pub struct Session<S> {
     pub(super) id: SessionId,
     /// Shared with the registry and the hub; holds the session's mailbox.
     pub(super) info: Arc<SessionInfo>,
-    pub(super) state: Arc<AppState>,
+    pub(super) ctx: Arc<SessionContext>,
     pub(super) socket: S,
     pub(super) subs: Subs,
     /// Background mode: deliver at most the newest message per topic per interval.
@@ -77,6 +74,8 @@ pub struct Session<S> {
     pub(super) identity: Option<Box<Identity>>,
     pub(super) limits: Limits,
     pub(super) batcher: Batcher,
+    /// Frames written since the last flush, for the metrics.
+    pub(super) tally: Tally,
     initial: Vec<SubscribeEntry>,
 }
 
@@ -92,6 +91,8 @@ impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         // Nothing more is queued for a session that is gone.
         self.info.mailbox.close();
+        // Frames written after the last flush (the close frame) still count.
+        self.tally.account(&self.ctx.metrics);
     }
 }
 
@@ -152,7 +153,8 @@ enum Step<'a> {
 /// What woke the session loop.
 enum Wake<E> {
     Signal(Signal),
-    Publication(Pub),
+    /// Publications drained from the mailbox in one go, and how many were queued.
+    Batch(Vec<Pub>, usize),
     Frame(Option<Result<Message, E>>),
     Due(Due),
 }
@@ -179,17 +181,18 @@ where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
-    pub fn new(state: Arc<AppState>, socket: S, params: SessionParams) -> Self {
+    pub fn new(ctx: Arc<SessionContext>, socket: S, params: SessionParams) -> Self {
         Session {
             id: params.id,
             info: params.info,
-            state,
+            ctx,
             socket,
             subs: Subs::default(),
             background: params.background,
             identity: params.identity.map(Box::new),
             limits: Limits::new(),
             batcher: Batcher::default(),
+            tally: Tally::default(),
             initial: params.initial,
         }
     }
@@ -219,7 +222,7 @@ where
         // Leave the hub first: nothing more is queued for a session that is closing.
         self.leave_all();
         if matches!(end, SessionEnd::SlowConsumer(_)) {
-            self.state.metrics.slow_consumer_disconnects.increment(1);
+            self.ctx.metrics.slow_consumer_disconnects.increment(1);
         }
         if let Some((code, reason)) = end.close() {
             // One deadline for every closing step: a stalled client never holds the
@@ -227,10 +230,10 @@ where
             let deadline = Instant::now() + CLOSE_LINGER;
             let mut sent = true;
             if end == SessionEnd::TooLarge {
-                self.state
+                self.ctx
                     .metrics
                     .error_sent(Some(ErrorCode::MessageTooLarge));
-                let limit = self.state.config.max_message_bytes;
+                let limit = self.ctx.config.max_message_bytes;
                 let f =
                     ServerFrame::error(ErrorCode::MessageTooLarge, "frame exceeds the size limit")
                         .with_details(json!({ "limit_bytes": limit }));
@@ -278,18 +281,18 @@ where
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
-        if self.state.is_draining() {
+        if self.ctx.lifecycle.is_draining() {
             // Upgraded after the drain took its list of sessions.
             return Err(SessionEnd::Draining);
         }
-        if self.state.killed.is_cancelled() {
+        if self.ctx.lifecycle.killed.is_cancelled() {
             // Registered after the kill signalled the open sessions.
             return Err(SessionEnd::Killed);
         }
         let greet = Box::pin(self.greet());
         greet.await?;
 
-        let cfg = &self.state.config;
+        let cfg = &self.ctx.config;
         let now = Instant::now();
         let mut deadlines = Deadlines {
             heartbeat: now + cfg.heartbeat_interval,
@@ -317,10 +320,10 @@ where
     /// state lives on the heap only while it runs, so an idle session's future stays
     /// small.
     fn dispatch(&mut self, wake: Wake<E>, deadlines: &mut Deadlines) -> Step<'_> {
-        let cfg = &self.state.config;
+        let cfg = &self.ctx.config;
         match wake {
             Wake::Signal(s) => Step::End(Err(signal_end(s))),
-            Wake::Publication(p) => Step::Run(Box::pin(self.on_burst(p))),
+            Wake::Batch(batch, depth) => Step::Run(Box::pin(self.on_burst(batch, depth))),
             Wake::Frame(frame) => {
                 deadlines.idle = Instant::now() + cfg.connection_timeout;
                 self.info.touch();
@@ -374,8 +377,12 @@ where
         if let Some(s) = mailbox.poll_signal(cx, &Signal::ALL) {
             return Poll::Ready(Wake::Signal(s));
         }
-        if let Poll::Ready(p) = mailbox.poll_recv(cx) {
-            return Poll::Ready(Wake::Publication(p));
+        // `poll_signal` registered the task: a publication queued after this look
+        // wakes it, so the mailbox is read without registering twice.
+        let mut batch = Vec::new();
+        match mailbox.drain_into(&mut batch, WRITE_BURST) {
+            0 => {}
+            depth => return Poll::Ready(Wake::Batch(batch, depth)),
         }
         if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Frame(frame));
@@ -396,7 +403,7 @@ where
 
     /// The `connected` frame, then the subscriptions made on connect.
     async fn greet(&mut self) -> Result<(), SessionEnd> {
-        let cfg = &self.state.config;
+        let cfg = &self.ctx.config;
         let connected = ServerFrame::new(FrameType::Connected).with_payload(json!({
             "connection_id": self.info.connection_id.to_string(),
             "node_id": cfg.node_id,
@@ -417,7 +424,7 @@ where
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
         // The same leeway as at the door, so a token admitted within it is not
         // declared expired the moment the session starts.
-        let leeway = self.state.config.jwt_leeway;
+        let leeway = self.ctx.config.jwt_leeway;
         self.identity.as_ref().map_or(FOREVER, |id| {
             Duration::from_secs(
                 id.expires_at
@@ -430,7 +437,7 @@ where
     /// A `heartbeat` frame plus a WebSocket ping, so both the application and any
     /// proxy in between see traffic.
     async fn heartbeat(&mut self) -> Result<(), SessionEnd> {
-        self.state.metrics.heartbeat_sent();
+        self.ctx.metrics.heartbeat_sent();
         self.send_frame(&ServerFrame::new(FrameType::Heartbeat))
             .await?;
         self.write(Message::Ping(Default::default())).await?;
@@ -449,23 +456,28 @@ where
         self.flush().await
     }
 
-    /// A publication from the mailbox, then whatever else is queued, then one flush.
-    async fn on_burst(&mut self, first: Pub) -> Result<(), SessionEnd> {
-        self.state
-            .metrics
-            .mailbox_depth(self.info.mailbox.len() + 1);
-        self.on_publication(first).await?;
-        for _ in 1..WRITE_BURST {
-            match self.info.mailbox.try_recv() {
-                Some(p) => self.on_publication(p).await?,
-                None => break,
+    /// A batch of publications from the mailbox, then one flush. The delivery
+    /// latency is sampled once per batch: the age of its oldest live delivery.
+    async fn on_burst(&mut self, batch: Vec<Pub>, depth: usize) -> Result<(), SessionEnd> {
+        self.ctx.metrics.mailbox_depth(depth);
+        let mut oldest: Option<i64> = None;
+        for p in batch {
+            if let Some(published_ms) = self.on_publication(p).await? {
+                oldest = Some(oldest.map_or(published_ms, |o| o.min(published_ms)));
             }
+        }
+        if let Some(published_ms) = oldest {
+            let lag_ms = sluice_common::time_fmt::now_ms().saturating_sub(published_ms);
+            self.ctx
+                .metrics
+                .delivery_latency
+                .record(lag_ms.max(0) as f64 / 1000.0);
         }
         self.flush().await
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), SessionEnd> {
-        self.state.metrics.messages_received.increment(1);
+        self.ctx.metrics.messages_received.increment(1);
         // Every data frame, text or binary, and every WebSocket ping spends from the
         // connection's budget (SPEC §3): the WebSocket layer answers each ping with a
         // pong, so an uncounted ping flood costs the node a write per frame for free.
@@ -474,11 +486,11 @@ where
             msg,
             Message::Text(_) | Message::Binary(_) | Message::Ping(_)
         ) {
-            match self.limits.message(&self.state.config) {
+            match self.limits.message(&self.ctx.config) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
-                    self.state.metrics.rate_limited.increment(1);
-                    let cfg = &self.state.config;
+                    self.ctx.metrics.rate_limited.increment(1);
+                    let cfg = &self.ctx.config;
                     let details = json!({ "limit": format!("{} per second, burst {}", cfg.message_rate, cfg.message_burst) });
                     return self
                         .send_error(
@@ -490,18 +502,17 @@ where
                         .await;
                 }
                 Verdict::Abuse => {
-                    self.state.metrics.rate_limited.increment(1);
+                    self.ctx.metrics.rate_limited.increment(1);
                     return Err(SessionEnd::RateLimited);
                 }
             }
         }
         match msg {
             Message::Text(text) => {
-                if text.len() > self.state.config.max_message_bytes {
+                if text.len() > self.ctx.config.max_message_bytes {
                     return Err(SessionEnd::TooLarge);
                 }
-                match ClientFrame::parse_bounded(text.as_str(), self.state.config.max_subscriptions)
-                {
+                match ClientFrame::parse_bounded(text.as_str(), self.ctx.config.max_subscriptions) {
                     Ok(frame) => self.on_frame(frame).await,
                     Err(e) => {
                         debug!(session = self.id, code = e.code.as_str(), error = %e.message, "bad client frame");
@@ -510,7 +521,7 @@ where
                     }
                 }
             }
-            Message::Binary(b) if b.len() > self.state.config.max_message_bytes => {
+            Message::Binary(b) if b.len() > self.ctx.config.max_message_bytes => {
                 Err(SessionEnd::TooLarge)
             }
             Message::Binary(_) => {
@@ -546,7 +557,7 @@ where
                         Ok(topic) => self.unsubscribe(&topic),
                         Err(_) => false,
                     };
-                    self.state.metrics.unsubscribes.increment(u64::from(was));
+                    self.ctx.metrics.unsubscribes.increment(u64::from(was));
                     let ack = ServerFrame::new(FrameType::Ack)
                         .with_topic(&name)
                         .with_correlation_id(correlation_id.clone())

@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     hub::Hub,
     metrics::Metrics,
-    state::{AppState, SessionInfo},
+    session::SessionInfo,
+    state::AppState,
 };
 
 /// A socket made of two channels: what the test sends, and what the session wrote.
@@ -70,6 +71,7 @@ fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
         config.history_size,
         config.history_ttl,
     ));
+    hub.attach(&broker);
     let auth = Authenticator::from_config(&config).expect("no key configured");
     Arc::new(AppState::new(config, hub, broker, metrics, auth))
 }
@@ -87,7 +89,7 @@ fn start(state: Arc<AppState>) -> Harness {
         background: false,
         identity: None,
     };
-    let session = Session::new(state.clone(), socket, params);
+    let session = Session::new(state.session.clone(), socket, params);
     Harness {
         to_session,
         from_session,
@@ -200,9 +202,122 @@ fn an_idle_session_task_is_small() {
         background: false,
         identity: None,
     };
-    let session = Session::new(state, ChanSocket { incoming, outgoing }, params);
+    let session = Session::new(
+        state.session.clone(),
+        ChanSocket { incoming, outgoing },
+        params,
+    );
     let fut = session.run();
     let size = std::mem::size_of_val(&fut);
     println!("session future: {size} bytes");
     assert!(size <= 640, "the session future is {size} bytes");
+}
+
+async fn publish(
+    h: &Harness,
+    topic: &str,
+    kind: sluice_common::publisher::PublishKind,
+    payload: &str,
+) {
+    let topic = sluice_common::Topic::parse(topic).expect("topic");
+    h.state
+        .broker
+        .publish(crate::broker::PublishRequest {
+            topic: &topic,
+            kind,
+            payload_json: payload,
+            snapshot_json: None,
+        })
+        .await
+        .expect("publish");
+}
+
+fn tag(v: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        v["type"].as_str().unwrap_or("?"),
+        v["topic"].as_str().unwrap_or("?"),
+        v["seq"]
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlogged_session_writes_its_alerts_before_queued_deltas_of_other_topics() {
+    use sluice_common::publisher::PublishKind::{Alert, Delta};
+    let mut h = start(app(|_| {}));
+    assert_eq!(h.next_json().await["type"], "connected");
+    h.send(json!({"type": "subscribe", "topics": ["prices.A", "news.flash"]}));
+    assert_eq!(h.next_json().await["type"], "ack");
+    assert_eq!(h.next_json().await["type"], "ack");
+    // The session task does not run while this one publishes (one thread, no
+    // await that yields): everything below waits in its mailbox, as for a
+    // consumer that fell behind.
+    for i in 1..=10 {
+        publish(&h, "prices.A", Delta, &i.to_string()).await;
+    }
+    publish(&h, "news.flash", Delta, "1").await;
+    publish(&h, "prices.A", Delta, "11").await;
+    publish(&h, "news.flash", Alert, "2").await;
+    let mut order = Vec::new();
+    for _ in 0..13 {
+        order.push(tag(&h.next_json().await));
+    }
+    let mut want = vec![
+        "delta/news.flash/1".to_owned(),
+        "alert/news.flash/2".to_owned(),
+    ];
+    want.extend((1..=11).map(|i| format!("delta/prices.A/{i}")));
+    assert_eq!(
+        order, want,
+        "the alert (with its topic's earlier delta) first, then the backlog in seq order"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_background_mode_an_alert_is_not_conflated_or_held_for_the_tick() {
+    use sluice_common::publisher::PublishKind::{Alert, Delta};
+    let mut h = start(app(|c| c.conflate = Duration::from_secs(60)));
+    assert_eq!(h.next_json().await["type"], "connected");
+    h.send(json!({"type": "subscribe", "topic": "prices.A"}));
+    assert_eq!(h.next_json().await["type"], "ack");
+    h.send(json!({"type": "background_mode", "enabled": true}));
+    // Let the session take the frame (and run its first conflation tick).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let t0 = tokio::time::Instant::now();
+    for i in 1..=5 {
+        publish(&h, "prices.A", Delta, &i.to_string()).await;
+    }
+    publish(&h, "prices.A", Alert, "6").await;
+    publish(&h, "prices.A", Delta, "7").await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let v = h.next_json().await;
+        if v["type"] == "ack" || v["type"] == "heartbeat" {
+            continue; // background_mode's ack
+        }
+        got.push(tag(&v));
+    }
+    assert_eq!(
+        got,
+        ["delta/prices.A/5", "alert/prices.A/6"],
+        "the newest conflated delta, then the alert"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "not held for the 60 s tick: {:?}",
+        t0.elapsed()
+    );
+    // Delta 7 waits for the tick, conflated.
+    let v = loop {
+        let v = h.next_json().await;
+        if v["type"] != "heartbeat" {
+            break v;
+        }
+    };
+    assert_eq!(tag(&v), "delta/prices.A/7");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(59),
+        "{:?}",
+        t0.elapsed()
+    );
 }

@@ -23,7 +23,7 @@ use super::{
     subscribe::Refusal,
     SessionEnd,
 };
-use crate::{broker::BrokerError, config::TopicClass, publication::Pub};
+use crate::{broker::BrokerError, config::TopicClass, hub::JoinError, publication::Pub};
 
 /// Publications fetched from history per request.
 const PAGE: usize = 500;
@@ -174,8 +174,8 @@ where
             return Ok(Some(Refusal::new(ErrorCode::Forbidden, msg, &name)));
         }
         let class = TopicClass::of(topic.as_str());
-        if !self.limits.subscribe(class, &self.state.config) {
-            let (burst, per_minute) = self.state.config.subscribe_limits.get(class);
+        if !self.limits.subscribe(class, &self.ctx.config) {
+            let (burst, per_minute) = self.ctx.config.subscribe_limits.get(class);
             return Ok(Some(
                 Refusal::new(ErrorCode::RateLimitExceeded, "Rate limit exceeded", &name)
                     .with("limit", json!(format!("{per_minute} per minute")))
@@ -185,7 +185,7 @@ where
         if self.subs.contains_key(&topic) {
             return self.resubscribe(&topic, opts, correlation_id).await;
         }
-        let limit = self.state.config.max_subscriptions;
+        let limit = self.ctx.config.max_subscriptions;
         if self.subs.len() >= limit {
             let msg = "too many subscriptions on this connection";
             return Ok(Some(
@@ -194,15 +194,23 @@ where
             ));
         }
 
-        // Join the hub first: every publication from now on queues in the outbox, so
-        // whatever the replay below does not cover arrives live.
-        let Ok((topic, _)) = self.state.hub.join(&topic, self.id, self.info.clone()) else {
-            let msg = "this node follows as many topics as it may (SLUICE_MAX_TOPICS)";
-            return Ok(Some(
-                Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
-                    .with("node_topic_limit", json!(self.state.config.max_topics))
-                    .without_strike(),
-            ));
+        // Join the hub first: once it returns, every publication queues in the
+        // mailbox, so whatever the replay below does not cover arrives live.
+        let mailbox = self.info.mailbox.clone();
+        let topic = match self.ctx.hub.join(&topic, self.id, mailbox).await {
+            Ok(shared) => shared,
+            Err(JoinError::TopicLimit) => {
+                let msg = "this node follows as many topics as it may (SLUICE_MAX_TOPICS)";
+                return Ok(Some(
+                    Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
+                        .with("node_topic_limit", json!(self.ctx.config.max_topics))
+                        .without_strike(),
+                ));
+            }
+            Err(JoinError::Broker(e)) => {
+                let msg = format!("could not subscribe: {e}");
+                return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
+            }
         };
         self.subs.insert(
             topic.clone(),
@@ -211,11 +219,7 @@ where
                 ..SubState::default()
             },
         );
-        let state = match self.state.broker.follow(&topic).await {
-            Ok(()) => self.state.broker.state(&topic).await,
-            Err(e) => Err(e),
-        };
-        let state = match state {
+        let state = match self.ctx.broker.state(&topic).await {
             Ok(s) => s,
             Err(e) => {
                 self.unsubscribe(&topic);
@@ -237,7 +241,7 @@ where
             Resume::AtHead => Some((head.saturating_add(1), Vec::new())),
             Resume::Replay(n) => {
                 let page = self
-                    .state
+                    .ctx
                     .broker
                     .history(&topic, n, PAGE)
                     .await
@@ -264,7 +268,7 @@ where
                 "epoch": epoch.as_deref(),
                 "recovered": replay.is_some(),
             }));
-        self.state.metrics.subscribes.increment(1);
+        self.ctx.metrics.subscribes.increment(1);
         self.send_frame(&ack).await?;
 
         match replay {
@@ -302,7 +306,7 @@ where
         opts: FrameOptions,
         correlation_id: Option<serde_json::Value>,
     ) -> Result<Option<Refusal>, SessionEnd> {
-        let state = match self.state.broker.state(topic).await {
+        let state = match self.ctx.broker.state(topic).await {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("could not subscribe: {e}");
@@ -344,9 +348,8 @@ where
     /// Stops delivering `topic`; returns whether it was subscribed.
     pub(super) fn unsubscribe(&mut self, topic: &Topic) -> bool {
         let was = self.subs.remove(topic).is_some();
-        if self.state.hub.leave(topic, self.id) {
-            self.state.broker.unfollow(topic);
-        }
+        // The hub unfollows the topic when this was its last local subscriber.
+        self.ctx.hub.leave(topic, self.id);
         was
     }
 
@@ -357,11 +360,12 @@ where
         }
     }
 
-    /// A publication from the hub.
-    pub(super) async fn on_publication(&mut self, p: Pub) -> Result<(), SessionEnd> {
+    /// A publication from the hub. Returns its publish time when it was delivered
+    /// live now (for the batch's latency sample).
+    pub(super) async fn on_publication(&mut self, p: Pub) -> Result<Option<i64>, SessionEnd> {
         let background = self.background;
         let Some(sub) = self.subs.get_mut(&p.topic) else {
-            return Ok(()); // unsubscribed meanwhile
+            return Ok(None); // unsubscribed meanwhile
         };
         let same_epoch = sub.pos.epoch() == Some(&p.epoch);
         let verdict = sub.pos.on_live(&p.epoch, p.seq);
@@ -371,13 +375,22 @@ where
             sub.pending = None;
         }
         if matches!(verdict, Live::Duplicate | Live::Stale) {
-            return Ok(()); // delivered already, or a late message of an older history
+            return Ok(None); // delivered already, or a late message of an older history
         }
-        if background {
+        if background && p.kind != FrameType::Alert {
             if sub.pending.as_ref().is_none_or(|q| q.seq < p.seq) {
                 sub.pending = Some(p);
             }
-            return Ok(());
+            return Ok(None);
+        }
+        if background {
+            // An alert is never conflated: it goes out now, after the newest
+            // conflated message of its topic, which precedes it.
+            if let Some(q) = sub.pending.take().filter(|q| q.seq < p.seq) {
+                self.deliver(&q).await?;
+            }
+            self.deliver(&p).await?;
+            return Ok(Some(p.published_ms));
         }
         let topic = p.topic.clone();
         if !self.fill_gap(&topic, p.seq).await? {
@@ -388,12 +401,7 @@ where
         self.deliver(&p).await?;
         // Publish-to-write latency is a live-path figure; replays would report the
         // age of history instead.
-        let lag_ms = sluice_common::time_fmt::now_ms().saturating_sub(p.published_ms);
-        self.state
-            .metrics
-            .delivery_latency
-            .record(lag_ms.max(0) as f64 / 1000.0);
-        Ok(())
+        Ok(Some(p.published_ms))
     }
 
     /// Delivers, from history, every message after the last delivered one and before
@@ -409,7 +417,7 @@ where
             }
             let want = ((until - from) as usize).min(PAGE);
             let page = self
-                .state
+                .ctx
                 .broker
                 .history(topic, from, want)
                 .await

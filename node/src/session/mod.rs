@@ -7,19 +7,21 @@
 mod actor;
 #[cfg(test)]
 mod actor_tests;
+mod context;
 mod delivery;
 mod limits;
-mod mailbox;
 mod outbound;
 mod position;
 mod refresh;
+mod registry;
 mod subscribe;
 mod writer;
 
 use sluice_common::CloseCode;
 
 pub use actor::{Session, SessionParams};
-pub use mailbox::{Mailbox, Refused, Signal};
+pub use context::{Lifecycle, SessionContext};
+pub use registry::{SessionId, SessionInfo, SessionRegistry};
 
 /// Why a session ended; [`SessionEnd::close`] is the one place mapping that to a
 /// close code and reason.

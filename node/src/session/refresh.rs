@@ -28,7 +28,7 @@ where
         correlation_id: Option<Value>,
     ) -> Result<(), SessionEnd> {
         if let Some(current) = &self.identity {
-            let verdict = match self.state.auth.verify(token) {
+            let verdict = match self.ctx.auth.verify(token) {
                 Ok(new) if new.sub == current.sub => Ok(new),
                 Ok(_) => Err((
                     ErrorCode::Forbidden,
@@ -39,7 +39,7 @@ where
             match verdict {
                 Ok(new) => self.identity = Some(Box::new(new)),
                 Err((code, msg)) => {
-                    self.state.metrics.auth_failures.increment(1);
+                    self.ctx.metrics.auth_failures.increment(1);
                     let f = ServerFrame::error(code, &msg).with_correlation_id(correlation_id);
                     self.send_frame(&f).await?;
                     return Err(SessionEnd::Policy(format!("refresh refused: {msg}")));

@@ -144,7 +144,7 @@ where
         correlation_id: Option<Value>,
     ) -> Result<(), SessionEnd> {
         let mut refusals = Refusals::default();
-        let limit = self.state.config.max_subscriptions;
+        let limit = self.ctx.config.max_subscriptions;
         let new = entries
             .iter()
             .filter(|e| match &e.filter {
@@ -183,9 +183,9 @@ where
     /// Adds refusals to the connection's strikes; too many end it with 4029.
     pub(super) fn count_strikes(&mut self, n: u64) -> Result<(), SessionEnd> {
         if n > 0 {
-            self.state.metrics.rate_limited.increment(n);
+            self.ctx.metrics.rate_limited.increment(n);
         }
-        match self.limits.strike(n, &self.state.config) {
+        match self.limits.strike(n, &self.ctx.config) {
             Verdict::Abuse => Err(SessionEnd::RateLimited),
             Verdict::Allow | Verdict::Refuse => Ok(()),
         }

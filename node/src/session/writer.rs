@@ -42,7 +42,7 @@ where
     }
 
     pub(super) async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), SessionEnd> {
-        self.state.metrics.error_sent(frame.code);
+        self.ctx.metrics.error_sent(frame.code);
         self.emit_batch().await?;
         self.write(Message::Text(frame.to_json().into())).await
     }
@@ -76,7 +76,7 @@ where
     pub(super) async fn write(&mut self, msg: Message) -> Result<(), SessionEnd> {
         let deadline = self.write_deadline();
         let mailbox = &self.info.mailbox;
-        self.state.metrics.outbound(&msg);
+        self.tally.add(&msg);
         let mut feed = self.socket.feed(msg);
         let feed = poll_fn(|cx| {
             if let Some(s) = mailbox.poll_signal(cx, &WHILE_WRITING) {
@@ -86,13 +86,12 @@ where
                 .poll(cx)
                 .map_err(|_| SessionEnd::ClientGone)
         });
-        under_deadline(feed, deadline).await?;
-        self.state.metrics.frames_sent(1);
-        Ok(())
+        under_deadline(feed, deadline).await
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), SessionEnd> {
         self.emit_batch().await?;
+        self.tally.account(&self.ctx.metrics);
         let deadline = self.write_deadline();
         let mailbox = &self.info.mailbox;
         let mut flush = self.socket.flush();
@@ -112,7 +111,7 @@ where
     /// consumer (4008, even on a quiet topic, where the outbox never fills); a token
     /// that expires meanwhile still ends the session at its expiry.
     fn write_deadline(&self) -> WriteDeadline {
-        let stall = self.state.config.connection_timeout;
+        let stall = self.ctx.config.connection_timeout;
         let expiry = self.token_remaining();
         if expiry < stall {
             WriteDeadline {
@@ -125,6 +124,34 @@ where
                 token_expires: false,
             }
         }
+    }
+}
+
+/// What a session wrote since its last flush, for the metrics (accounted per flush,
+/// not per frame).
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    frames: u32,
+    data: u32,
+    bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, msg: &Message) {
+        self.frames += 1;
+        let len = match msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => return,
+        };
+        self.data += 1;
+        self.bytes += len as u64;
+    }
+
+    /// Hands the tally to the metrics and starts a new one.
+    pub(super) fn account(&mut self, metrics: &crate::metrics::Metrics) {
+        let t = std::mem::take(self);
+        metrics.written(t.frames.into(), t.data.into(), t.bytes);
     }
 }
 

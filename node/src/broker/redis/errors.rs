@@ -32,7 +32,7 @@ pub(super) fn from_failure(f: RedisFailure) -> BrokerError {
         }
         RedisFailure::Timeout(m) => BrokerError::Timeout(m),
         RedisFailure::Config(m) => BrokerError::Config(m),
-        RedisFailure::Unavailable(m) => BrokerError::Unavailable(m),
+        RedisFailure::Unavailable(m) | RedisFailure::Rejected(m) => BrokerError::Unavailable(m),
     }
 }
 
