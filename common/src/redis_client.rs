@@ -90,9 +90,9 @@ impl RedisSettings {
             match v.as_str() {
                 "auto" => s.replicas = Replicas::Auto,
                 n => match n.parse::<u32>() {
-                    Ok(n) if n <= 16 => s.replicas = Replicas::Exactly(n),
+                    Ok(n) if n <= 5 => s.replicas = Replicas::Exactly(n),
                     _ => errors.push(format!(
-                        "{PUBLISH_REPLICAS_VAR}={v:?}: expected auto or a number 0-16"
+                        "{PUBLISH_REPLICAS_VAR}={v:?}: expected auto or a number 0-5"
                     )),
                 },
             }

@@ -1,27 +1,34 @@
 //! `rediss://`: a node and the `Publisher` against a Redis that speaks only TLS
 //! (a `redis-server` on loopback with certificates made for this run), trusting
-//! the test CA through `SLUICE_REDIS_TLS_CA`.
+//! the test CA (`SLUICE_REDIS_TLS_CA`, the node's `redis.tls_ca`).
 
 use std::{sync::OnceLock, time::Duration};
 
 use serde_json::json;
 use sluice_common::{
     publisher::{PublishError, Publisher},
-    redis_client::{RedisSettings, Replicas, TLS_CA_VAR},
+    redis_client::{RedisSettings, Replicas},
 };
-use sluice_tests::{redis_topology::TestCerts, redis_topology::TlsRedis, seqs, start_node};
+use sluice_tests::{
+    redis_topology::{TestCerts, TlsRedis},
+    seqs, start_node, TestNode,
+};
 
-/// A TLS Redis per test (stopped with it), all signed by one CA for this test
-/// binary, named in the CA variable before any node starts (a node reads it when
-/// it connects).
+/// A TLS Redis per test (stopped with it), all signed by one CA made once for
+/// this test binary.
 fn redis() -> TlsRedis {
     static CERTS: OnceLock<TestCerts> = OnceLock::new();
-    let certs = CERTS.get_or_init(|| {
-        let c = TestCerts::make("tls");
-        std::env::set_var(TLS_CA_VAR, &c.ca);
-        c
-    });
-    TlsRedis::with_certs(certs.clone())
+    TlsRedis::with_certs(CERTS.get_or_init(|| TestCerts::make("tls")).clone())
+}
+
+/// A node on `redis`, trusting its CA (`SLUICE_REDIS_TLS_CA`).
+async fn tls_node(redis: &TlsRedis) -> TestNode {
+    let (url, ca) = (redis.url(), redis.certs.ca.clone());
+    start_node(move |c| {
+        c.redis_url = Some(url);
+        c.redis.tls_ca = Some(ca);
+    })
+    .await
 }
 
 fn settings(ca: &std::path::Path) -> RedisSettings {
@@ -36,7 +43,7 @@ fn settings(ca: &std::path::Path) -> RedisSettings {
 async fn publish_subscribe_and_resume_work_over_tls() {
     let redis = &redis();
     let url = redis.url();
-    let node = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let node = tls_node(redis).await;
     let (_, health) = node.get_json("/health", None).await;
     assert_eq!(health["redis_connected"], true, "{health}");
 
@@ -70,7 +77,7 @@ async fn publish_subscribe_and_resume_work_over_tls() {
         .all(|(n, p)| p["payload"]["i"] == n as u64 + 1));
 
     // A second node over TLS serves the resume from Redis' history.
-    let other = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let other = tls_node(redis).await;
     let mut resumed = other.client().await;
     let ack = resumed
         .subscribe(json!({ "topic": "prices.TLS1", "resume_from_seq": 4, "epoch": epoch }))

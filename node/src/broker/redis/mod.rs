@@ -120,24 +120,9 @@ fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
 }
 
 impl RedisBroker {
-    /// Connects with the settings of the process environment
-    /// (`SLUICE_REDIS_TLS_CA`, `SLUICE_PUBLISH_REPLICAS`,
-    /// `SLUICE_PUBLISH_REPLICAS_TIMEOUT_MS`); see [`RedisBroker::connect_with`].
+    /// Connects to any `REDIS_URL` form (with `settings`: TLS roots, replica wait),
+    /// loads the function library on every master and starts the readers.
     pub async fn connect(
-        url: &str,
-        sink: Arc<dyn Sink>,
-        metrics: Arc<Metrics>,
-        history_size: usize,
-        history_ttl: Duration,
-    ) -> Result<Arc<Self>, BrokerError> {
-        let settings = RedisSettings::from_lookup(|k| std::env::var(k).ok())
-            .map_err(|e| BrokerError::Config(e.join("; ")))?;
-        Self::connect_with(url, &settings, sink, metrics, history_size, history_ttl).await
-    }
-
-    /// Connects to any `REDIS_URL` form, loads the function library on every master
-    /// and starts the readers.
-    pub async fn connect_with(
         url: &str,
         settings: &RedisSettings,
         sink: Arc<dyn Sink>,
