@@ -16,6 +16,7 @@
 
 mod mailbox;
 
+use sluice_common::lock::RwLockExt;
 use std::{
     collections::HashMap,
     hash::BuildHasher,
@@ -93,17 +94,15 @@ impl Hub {
     }
 
     fn read(&self, topic: &str) -> RwLockReadGuard<'_, HashMap<Topic, Subscribers>> {
-        self.shard(topic).read().unwrap_or_else(|e| e.into_inner())
+        self.shard(topic).read_unpoisoned()
     }
 
     fn write(&self, topic: &str) -> RwLockWriteGuard<'_, HashMap<Topic, Subscribers>> {
-        self.shard(topic).write().unwrap_or_else(|e| e.into_inner())
+        self.shard(topic).write_unpoisoned()
     }
 
     fn all(&self) -> impl Iterator<Item = RwLockReadGuard<'_, HashMap<Topic, Subscribers>>> {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()))
+        self.shards.iter().map(|s| s.read_unpoisoned())
     }
 
     /// Adds a subscriber and returns once publications of `topic` reach its

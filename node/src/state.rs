@@ -1,6 +1,7 @@
 //! What every part of a running node shares: config, hub, broker, metrics, the
 //! session registry, and the shutdown signals.
 
+use sluice_common::lock::MutexExt;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -117,7 +118,7 @@ impl AppState {
 
     /// Counts a connection from `ip`; false (nothing counted) when the IP is at its limit.
     fn try_add_ip(&self, ip: IpAddr) -> bool {
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.per_ip.lock_unpoisoned();
         let n = map.entry(ip).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
             return false;
@@ -127,7 +128,7 @@ impl AppState {
     }
 
     fn remove_ip(&self, ip: IpAddr) {
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.per_ip.lock_unpoisoned();
         if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {

@@ -5,6 +5,7 @@
 //! while still holding that lock, so live delivery leaves in seq order; the hub never
 //! blocks, so the lock is held for microseconds.
 
+use sluice_common::lock::MutexExt;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -90,14 +91,9 @@ impl MemoryBroker {
     }
 
     fn live_log(&self, topic: &Topic) -> Option<Arc<Mutex<TopicLog>>> {
-        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut topics = self.topics.lock_unpoisoned();
         let log = topics.get(topic)?.clone();
-        let expired = log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_publish
-            .elapsed()
-            >= self.ttl;
+        let expired = log.lock_unpoisoned().last_publish.elapsed() >= self.ttl;
         if expired {
             topics.remove(topic);
             return None;
@@ -108,15 +104,9 @@ impl MemoryBroker {
     /// Forgets topics nobody published to within the TTL (their next publish starts
     /// a new epoch, exactly as an expired Redis key would).
     pub fn sweep(&self) -> usize {
-        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut topics = self.topics.lock_unpoisoned();
         let before = topics.len();
-        topics.retain(|_, log| {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .last_publish
-                .elapsed()
-                < self.ttl
-        });
+        topics.retain(|_, log| log.lock_unpoisoned().last_publish.elapsed() < self.ttl);
         before - topics.len()
     }
 }
@@ -131,7 +121,7 @@ impl Broker for MemoryBroker {
         let log = match self.live_log(req.topic) {
             Some(log) => log,
             None => {
-                let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+                let mut topics = self.topics.lock_unpoisoned();
                 topics
                     .entry(req.topic.clone())
                     .or_insert_with(|| {
@@ -146,7 +136,7 @@ impl Broker for MemoryBroker {
                     .clone()
             }
         };
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = log.lock_unpoisoned();
         log.seq += 1;
         log.last_publish = Instant::now();
         let now = time_fmt::now_ms();
@@ -184,7 +174,7 @@ impl Broker for MemoryBroker {
         let Some(log) = self.live_log(topic) else {
             return Ok(TopicState::default());
         };
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = log.lock_unpoisoned();
         Ok(TopicState {
             position: Some(StreamPosition::new(log.seq, &*log.epoch)),
             snapshot: log.snapshot.clone(),
@@ -200,7 +190,7 @@ impl Broker for MemoryBroker {
         let Some(log) = self.live_log(topic) else {
             return Ok(Vec::new());
         };
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = log.lock_unpoisoned();
         let Some(first) = log.history.front().map(|p| p.seq) else {
             return Ok(Vec::new());
         };
@@ -227,7 +217,7 @@ impl Broker for MemoryBroker {
         record: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.nodes.lock_unpoisoned();
         nodes.insert(
             node_id.to_owned(),
             (record.to_owned(), Instant::now() + ttl),
@@ -236,14 +226,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn deregister_node(&self, node_id: &str) {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node_id);
+        self.nodes.lock_unpoisoned().remove(node_id);
     }
 
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.nodes.lock_unpoisoned();
         let now = Instant::now();
         nodes.retain(|_, (_, until)| *until > now);
         Ok(nodes.values().map(|(r, _)| r.clone()).collect())

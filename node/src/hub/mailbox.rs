@@ -7,6 +7,7 @@
 //! the buffer is allocated by the first publication and given back once a burst has
 //! been drained. The session drains a whole batch under one lock per wake-up.
 
+use sluice_common::lock::MutexExt;
 use std::{
     collections::VecDeque,
     sync::{
@@ -110,7 +111,7 @@ impl Mailbox {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock_unpoisoned()
     }
 
     /// Queues `p` for the session without waiting.

@@ -1,6 +1,7 @@
 //! The sessions of this node: each one's id, what others may see of it, and the
 //! registry `/connections` and the drain walk.
 
+use sluice_common::lock::MutexExt;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -84,40 +85,28 @@ pub struct SessionRegistry {
 
 impl SessionRegistry {
     pub fn insert(&self, id: SessionId, info: Arc<SessionInfo>) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, info);
+        self.inner.lock_unpoisoned().insert(id, info);
     }
 
     pub fn remove(&self, id: SessionId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.inner.lock_unpoisoned().remove(&id);
     }
 
     /// Every session with its id.
     pub fn entries(&self) -> Vec<(SessionId, Arc<SessionInfo>)> {
         self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .iter()
             .map(|(id, info)| (*id, info.clone()))
             .collect()
     }
 
     pub fn snapshot(&self) -> Vec<Arc<SessionInfo>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.inner.lock_unpoisoned().values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.lock_unpoisoned().len()
     }
 
     pub fn is_empty(&self) -> bool {
