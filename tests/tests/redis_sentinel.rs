@@ -11,7 +11,7 @@ use sluice_common::{
     publisher::{PublishError, Publisher},
     redis_client::{RedisSettings, Replicas},
 };
-use sluice_tests::{eventually, redis_topology::SentinelSet, seqs, start_node};
+use sluice_tests::{eventually, redis_topology::SentinelSet, seqs, start_node, ADMIN_TOKEN};
 use tokio::sync::Mutex;
 
 const TOPIC: &str = "prices.SENTINEL";
@@ -94,6 +94,22 @@ async fn acknowledged_publishes_survive_a_sentinel_failover_exactly_once() {
     }
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(seqs(&live.recv_pubs(1).await), vec![21]);
+    // The same through a node's POST /publish: 504, naming the seq it was given.
+    let strict_node = start_node(|c| {
+        c.redis_url = Some(url.clone());
+        c.redis.replicas = Replicas::Exactly(2);
+        c.redis.replica_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let body = json!({ "topic": TOPIC, "payload": { "id": 22 } }).to_string();
+    let (status, answer) = strict_node.post("/publish", Some(ADMIN_TOKEN), &body).await;
+    assert_eq!(status, 504, "{answer}");
+    let text = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("seq 22") && text.contains("1 of 2"),
+        "{answer}"
+    );
+    assert_eq!(seqs(&live.recv_pubs(1).await), vec![22]);
 
     let old_master = set.master.port;
     assert_eq!(set.master_port(), Some(old_master));
@@ -101,14 +117,14 @@ async fn acknowledged_publishes_survive_a_sentinel_failover_exactly_once() {
     // Publishing continues through the failover: every acknowledged (seq, id) is
     // recorded; a failed call is retried with the same id.
     let acked: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
-    for i in 1..=21u64 {
+    for i in 1..=22u64 {
         acked.lock().await.insert(i, i);
     }
     let publishing = {
         let acked = acked.clone();
         let engine = engine.clone();
         tokio::spawn(async move {
-            let mut id = 22u64;
+            let mut id = 23u64;
             let mut failures = 0u32;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
             while id <= 120 && tokio::time::Instant::now() < deadline {
