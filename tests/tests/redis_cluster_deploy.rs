@@ -322,3 +322,19 @@ async fn a_killed_master_fails_over_and_every_acknowledged_publish_survives() {
         (1..=last).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shuts_down_promptly_when_the_whole_cluster_is_gone() {
+    let cluster = TestCluster::start();
+    let url = cluster.url();
+    let node = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let (seq, _) = node.publish("prices.GONE", json!({ "x": 1 })).await;
+    assert_eq!(seq, 1);
+    drop(cluster); // every Redis process killed
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), node.shutdown())
+        .await
+        .expect("shutdown finishes without Redis");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}

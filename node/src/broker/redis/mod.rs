@@ -65,6 +65,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_FAILURES_FOR_DOWN: u32 = 2;
 /// How often connectivity is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long shutdown waits for the connections' QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Every this many probes, check the library is still loaded (a Redis that
 /// restarted empty faster than a probe has lost it without the node noticing).
 const LIBRARY_CHECK_EVERY: u32 = 4;
@@ -353,36 +355,47 @@ impl Broker for RedisBroker {
         record: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let now = time_fmt::now_ms();
-        let key = keys::node(node_id);
-        let tx = self.pool.next().multi();
-        let _: () = tx
-            .set(
-                &key,
-                record,
-                Some(Expiration::PX(ttl.as_millis() as i64)),
-                None,
-                false,
-            )
+        // A transaction is not under the pool's command timeout: bound it here, so a
+        // Redis that vanished cannot hold up a refresh or the drain.
+        let write = async {
+            let now = time_fmt::now_ms();
+            let key = keys::node(node_id);
+            let tx = self.pool.next().multi();
+            let _: () = tx
+                .set(
+                    &key,
+                    record,
+                    Some(Expiration::PX(ttl.as_millis() as i64)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            let _: () = tx
+                .zadd(keys::NODES, None, None, false, false, (now as f64, node_id))
+                .await
+                .map_err(unavailable)?;
+            // Forget index entries of nodes gone for a while.
+            let stale = (now - 10 * ttl.as_millis() as i64) as f64;
+            let _: () = tx
+                .zremrangebyscore(keys::NODES, f64::MIN, stale)
+                .await
+                .map_err(unavailable)?;
+            tx.exec::<()>(true).await.map_err(unavailable)
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, write)
             .await
-            .map_err(unavailable)?;
-        let _: () = tx
-            .zadd(keys::NODES, None, None, false, false, (now as f64, node_id))
-            .await
-            .map_err(unavailable)?;
-        // Forget index entries of nodes gone for a while.
-        let stale = (now - 10 * ttl.as_millis() as i64) as f64;
-        let _: () = tx
-            .zremrangebyscore(keys::NODES, f64::MIN, stale)
-            .await
-            .map_err(unavailable)?;
-        tx.exec::<()>(true).await.map_err(unavailable)
+            .unwrap_or_else(|_| Err(BrokerError::Timeout("registering this node".into())))
     }
 
     async fn deregister_node(&self, node_id: &str) {
         let client = self.pool.next();
-        let _: Result<(), _> = client.del(keys::node(node_id)).await;
-        let _: Result<(), _> = client.zrem(keys::NODES, node_id).await;
+        let forget = async {
+            let _: Result<(), _> = client.del(keys::node(node_id)).await;
+            let _: Result<(), _> = client.zrem(keys::NODES, node_id).await;
+        };
+        // Best effort on the way out: the record expires by itself anyway.
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, forget).await;
     }
 
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
@@ -408,11 +421,18 @@ impl Broker for RedisBroker {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        let _ = self.pool.quit().await;
-        let _ = self.probe.quit().await;
-        let _ = self.doorbell.quit().await;
-        for g in &self.groups {
-            let _ = g.client().quit().await;
+        // Bounded: with every Redis gone (a Cluster torn down), fred's QUIT waited
+        // for a reconnect that never came and SIGTERM never finished.
+        let quit = async {
+            let _ = self.pool.quit().await;
+            let _ = self.probe.quit().await;
+            let _ = self.doorbell.quit().await;
+            for g in &self.groups {
+                let _ = g.client().quit().await;
+            }
+        };
+        if tokio::time::timeout(QUIT_TIMEOUT, quit).await.is_err() {
+            warn!("Redis did not answer QUIT within {QUIT_TIMEOUT:?}; leaving without it");
         }
     }
 }
