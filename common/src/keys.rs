@@ -8,8 +8,12 @@
 //! | --- | --- | --- |
 //! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq`, `snap_ts` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
-//! | `sluice:node:<id>` | string (JSON), TTL | the cluster registry record of a live node |
-//! | `sluice:nodes` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
+//! | `sluice:registry:{nodes}:<id>` | string (JSON), TTL | the cluster registry record of a live node |
+//! | `sluice:registry:{nodes}` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
+//!
+//! The registry keys share the hash tag `{nodes}`: one `MULTI` writes a record and
+//! the index, and one `MGET` reads every record, which on Redis Cluster works only
+//! within one slot.
 
 /// The hash holding a topic's seq counter, epoch and snapshot.
 pub fn meta(topic: &str) -> String {
@@ -22,11 +26,11 @@ pub fn stream(topic: &str) -> String {
 }
 
 /// The index of registered nodes.
-pub const NODES: &str = "sluice:nodes";
+pub const NODES: &str = "sluice:registry:{nodes}";
 
 /// A node's registry record.
 pub fn node(node_id: &str) -> String {
-    format!("sluice:node:{node_id}")
+    format!("sluice:registry:{{nodes}}:{node_id}")
 }
 
 /// Recovers the topic from a stream key built by [`stream`].
@@ -55,6 +59,22 @@ mod tests {
         assert_eq!(stream("prices.IN1"), "sluice:{prices.IN1}:stream");
         assert_eq!(topic_of_stream(&stream("a.b:c")), Some("a.b:c"));
         assert_eq!(topic_of_stream("other"), None);
+    }
+
+    #[test]
+    fn registry_keys_share_one_hash_tag_apart_from_topic_keys() {
+        assert_eq!(node("gw-1"), "sluice:registry:{nodes}:gw-1");
+        assert_eq!(NODES, "sluice:registry:{nodes}");
+        // The first `{…}` is the hash tag (Redis Cluster's rule): the same for both.
+        let tag = |k: &str| {
+            k.split_once('{')
+                .and_then(|(_, r)| r.split_once('}'))
+                .map(|(t, _)| t.to_owned())
+        };
+        assert_eq!(tag(&node("gw-1")), Some("nodes".to_owned()));
+        assert_eq!(tag(NODES), tag(&node("x")));
+        // Topic keys (and only they) start with `sluice:{`.
+        assert!(!node("gw-1").starts_with("sluice:{") && !NODES.starts_with("sluice:{"));
     }
 
     #[test]

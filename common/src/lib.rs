@@ -9,11 +9,16 @@ pub mod lock;
 pub mod position;
 pub mod protocol;
 pub mod redact;
+pub mod redis_url;
 pub mod time_fmt;
 pub mod topic;
 
 #[cfg(feature = "publisher")]
 pub mod publisher;
+#[cfg(feature = "publisher")]
+pub mod redis_client;
+#[cfg(feature = "publisher")]
+pub mod replica_wait;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -2,15 +2,21 @@
 //! `FCALL sluice_publish 1 <topic> <payload> [<type> [<snapshot>]]`, so Rust engines,
 //! `POST /publish` and engines in any other language go through the same atomic step.
 
-use fred::{
-    clients::Pool,
-    error::Error as RedisError,
-    interfaces::{ClientLike, FunctionInterface},
-    types::config::Config,
-};
+use std::{sync::Arc, time::Duration};
+
+use fred::{clients::Pool, interfaces::ClientLike, types::config::ReconnectPolicy};
 use serde::Serialize;
 
-use crate::{position::StreamPosition, topic::Topic};
+use crate::{
+    position::StreamPosition,
+    redis_client::{fcall_publish, fred_config, PublishArgs, RedisFailure, RedisSettings},
+    redis_url::RedisUrl,
+    replica_wait::{ReplicaWait, WaitFailure},
+    topic::Topic,
+};
+
+/// A publish that gets no answer within this long fails (`Timeout`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The name of the publishing function in the `sluice` library.
 pub const PUBLISH_FUNCTION: &str = "sluice_publish";
@@ -45,15 +51,36 @@ pub enum PublishError {
     Topic(#[from] crate::topic::TopicError),
     #[error("payload is not serializable to JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// Shown scrubbed of the URL's secrets: fred's error text may echo its config.
-    #[error("redis: {}", crate::redact::scrub(&.0.to_string()))]
-    Redis(#[from] RedisError),
+    /// The URL or a setting is bad (never shows the password).
+    #[error("REDIS_URL: {0}")]
+    Config(String),
+    /// Redis refused or could not take the call; classified, scrubbed of secrets.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisFailure),
+    /// Redis took the publish (it has a seq) but too few replicas confirmed it in
+    /// time: it may be lost if the master fails before they catch up.
+    #[error(transparent)]
+    NotReplicated(crate::replica_wait::NotReplicated),
+}
+
+impl From<WaitFailure> for PublishError {
+    fn from(e: WaitFailure) -> Self {
+        match e {
+            WaitFailure::NotReplicated(n) => PublishError::NotReplicated(n),
+            WaitFailure::Redis(r) => PublishError::Redis(r),
+        }
+    }
 }
 
 /// Publishes into Sluice through Redis. Cloning shares the connection pool.
 #[derive(Clone)]
 pub struct Publisher {
     pool: Pool,
+    /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
+    wait: Arc<ReplicaWait>,
+    /// The rendered function library, when the caller has it: loaded and retried
+    /// once on a master that lacks it. Without it such a publish fails `NotLoaded`.
+    library: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -63,20 +90,60 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Connects a pool of `size` connections to `url` (`redis://…`). The node must
+    /// Connects a pool of `size` connections to `url` (any `REDIS_URL` form), with
+    /// the settings of the process environment (`SLUICE_REDIS_TLS_CA`,
+    /// `SLUICE_PUBLISH_REPLICAS`, `SLUICE_PUBLISH_REPLICAS_TIMEOUT_MS`). The node must
     /// have loaded the function library into that Redis (it does at start-up).
     pub async fn connect(url: &str, size: usize) -> Result<Self, PublishError> {
-        // Before anything can fail, so every error shown later is scrubbed of them.
-        crate::redact::remember_url_secrets(url);
-        let config = Config::from_url(url)?;
-        let pool = fred::types::Builder::from_config(config).build_pool(size.max(1))?;
-        pool.init().await?;
-        Ok(Publisher { pool })
+        let settings = RedisSettings::from_lookup(|k| std::env::var(k).ok())
+            .map_err(|e| PublishError::Config(e.join("; ")))?;
+        Self::connect_with(url, size, &settings).await
     }
 
-    /// Wraps a pool the caller already manages.
+    /// [`Publisher::connect`] with explicit settings.
+    pub async fn connect_with(
+        url: &str,
+        size: usize,
+        settings: &RedisSettings,
+    ) -> Result<Self, PublishError> {
+        // Before anything can fail, so every error shown later is scrubbed of them.
+        crate::redact::remember_url_secrets(url);
+        let parsed = RedisUrl::parse(url).map_err(|e| PublishError::Config(e.to_string()))?;
+        let config = fred_config(&parsed, settings.tls_ca.as_deref())
+            .map_err(|e| PublishError::Config(e.to_string()))?;
+        // Reconnect for ever (a failover, a restart), and fail a call rather than
+        // hang while Redis is away: the engine decides whether to retry.
+        let pool = fred::types::Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = CALL_TIMEOUT)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_pool(size.max(1))
+            .map_err(|e| RedisFailure::Config(crate::redact::scrub(e.details())))?;
+        pool.init()
+            .await
+            .map_err(|e| crate::redis_client::classify(&e))?;
+        let mut p = Publisher::from_pool(pool);
+        p.wait = Arc::new(ReplicaWait::new(
+            settings.replicas,
+            settings.replica_timeout,
+        ));
+        Ok(p)
+    }
+
+    /// Wraps a pool the caller already manages (replica wait: `auto`, 1 s).
     pub fn from_pool(pool: Pool) -> Self {
-        Publisher { pool }
+        let d = RedisSettings::default();
+        Publisher {
+            pool,
+            wait: Arc::new(ReplicaWait::new(d.replicas, d.replica_timeout)),
+            library: None,
+        }
+    }
+
+    /// Lets this publisher load `library` (the rendered `sluice` library) into a
+    /// master that lacks it, then retry once.
+    pub fn with_library(mut self, library: impl Into<Arc<str>>) -> Self {
+        self.library = Some(library.into());
+        self
     }
 
     /// Publishes a delta.
@@ -136,16 +203,15 @@ impl Publisher {
         snapshot_json: Option<&str>,
     ) -> Result<StreamPosition, PublishError> {
         Topic::parse(topic)?;
-        let mut args = vec![payload_json.to_owned(), kind.as_str().to_owned()];
-        if let Some(s) = snapshot_json {
-            args.push(s.to_owned());
-        }
-        let (seq, epoch): (u64, String) = self
-            .pool
-            .next()
-            .fcall(PUBLISH_FUNCTION, topic, args)
-            .await?;
-        Ok(StreamPosition { seq, epoch })
+        let client = self.pool.next();
+        let args = PublishArgs {
+            topic,
+            kind,
+            payload_json,
+            snapshot_json,
+        };
+        let position = fcall_publish(client, args, self.library.as_deref()).await?;
+        Ok(self.wait.wait(client, topic, position).await?)
     }
 
     /// The underlying pool, e.g. to shut it down.

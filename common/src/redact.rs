@@ -102,7 +102,7 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 }
 
 /// `%41` → `A`; a malformed escape is kept as written. Lossy on invalid UTF-8.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

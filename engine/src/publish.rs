@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use fred::error::ErrorKind;
-use sluice_common::publisher::{PublishError, Publisher};
+use sluice_common::{
+    publisher::{PublishError, Publisher},
+    redis_client::RedisFailure,
+};
 use tokio::time::timeout;
 
 use crate::market::Outgoing;
@@ -18,7 +20,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 pub struct Failure {
     pub message: String,
     /// The connection is gone or stuck (not a reply from Redis): start over
-    /// with a fresh pool, since `Publisher` pools do not reconnect by themselves.
+    /// with a fresh pool (a `Publisher` pool reconnects by itself, but a fresh one
+    /// also re-reads where the master is).
     pub reconnect: bool,
 }
 
@@ -54,15 +57,12 @@ impl From<PublishError> for Failure {
         // yet, or OOM under noeviction), or the message itself was refused: the
         // connection is fine.
         let replied = match &e {
-            PublishError::Redis(r) => matches!(
-                r.kind(),
-                ErrorKind::Unknown
-                    | ErrorKind::InvalidCommand
-                    | ErrorKind::InvalidArgument
-                    | ErrorKind::Parse
-                    | ErrorKind::NotFound
-            ),
-            PublishError::Topic(_) | PublishError::Json(_) => true,
+            PublishError::Redis(r) => {
+                !matches!(r, RedisFailure::Unavailable(_) | RedisFailure::Timeout(_))
+            }
+            // Written, only not confirmed by a replica in time: the connection is fine.
+            PublishError::NotReplicated(_) => true,
+            PublishError::Topic(_) | PublishError::Json(_) | PublishError::Config(_) => true,
         };
         Failure {
             message: e.to_string(),
@@ -78,14 +78,19 @@ pub fn next_backoff(current: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use fred::error::Error as RedisError;
-    use sluice_common::Topic;
+    use fred::error::{Error as RedisError, ErrorKind};
+    use sluice_common::{redis_client::classify, Topic};
 
     use super::*;
 
     #[test]
     fn only_a_lost_or_stuck_connection_asks_for_a_new_one() {
-        let redis = |kind| Failure::from(PublishError::Redis(RedisError::new(kind, "x")));
+        let redis = |kind| {
+            Failure::from(PublishError::Redis(classify(&RedisError::new(
+                kind,
+                "OOM command not allowed",
+            ))))
+        };
         for kind in [
             ErrorKind::Unknown,
             ErrorKind::InvalidCommand,

@@ -59,6 +59,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
         Some(url) => RedisBroker::connect(
             url,
+            &config.redis,
             hub.clone(),
             metrics.clone(),
             config.history_size,

@@ -18,6 +18,8 @@ mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use sluice_common::redis_client::{RedisSettings, Replicas};
+
 use crate::net::Cidr;
 
 pub use limits::{SubscribeLimits, TopicClass, DEFAULT_SUBSCRIBE_LIMITS};
@@ -60,6 +62,10 @@ pub const HANDSHAKE_TIMEOUT: &str = "SLUICE_HANDSHAKE_TIMEOUT";
 pub const PROXY_PROTOCOL: &str = "SLUICE_PROXY_PROTOCOL";
 pub const TRUSTED_PROXIES: &str = "SLUICE_TRUSTED_PROXIES";
 pub const LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+pub const REDIS_TLS_CA: &str = sluice_common::redis_client::TLS_CA_VAR;
+pub const PUBLISH_REPLICAS: &str = sluice_common::redis_client::PUBLISH_REPLICAS_VAR;
+pub const PUBLISH_REPLICAS_TIMEOUT_MS: &str =
+    sluice_common::redis_client::PUBLISH_REPLICAS_TIMEOUT_VAR;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -80,6 +86,8 @@ pub struct Config {
     pub bind: SocketAddr,
     /// `None` selects the embedded in-memory broker.
     pub redis_url: Option<String>,
+    /// `SLUICE_REDIS_TLS_CA`, `SLUICE_PUBLISH_REPLICAS`, `SLUICE_PUBLISH_REPLICAS_TIMEOUT_MS`.
+    pub redis: RedisSettings,
     pub node_id: String,
     pub jwt_key: Option<JwtKey>,
     pub auth: AuthMode,
@@ -138,6 +146,7 @@ impl Config {
         let mut p = read::Reader::new(&lookup);
         let bind = p.addr(BIND);
         let redis_url = p.text(REDIS_URL);
+        let redis = redis_settings(&mut p);
         let node_id = p.text(NODE_ID).unwrap_or_else(default_node_id);
         let keys: Vec<JwtKey> = [
             p.get(JWT_SECRET).map(JwtKey::Secret),
@@ -219,6 +228,7 @@ impl Config {
         Ok(Config {
             bind,
             redis_url,
+            redis,
             node_id,
             jwt_key,
             auth,
@@ -262,17 +272,30 @@ impl Config {
     }
 }
 
+/// How the broker reaches Redis beyond the URL: TLS roots and the replica wait.
+fn redis_settings(p: &mut read::Reader<'_>) -> RedisSettings {
+    let tls_ca = p.text(REDIS_TLS_CA).map(PathBuf::from);
+    if let Some(ca) = &tls_ca {
+        if !ca.is_file() {
+            p.errors
+                .push(format!("{REDIS_TLS_CA}={}: no such file", ca.display()));
+        }
+    }
+    let replicas = match p.word(PUBLISH_REPLICAS) {
+        None | Some("auto") => Replicas::Auto,
+        Some(n) => Replicas::Exactly(n.parse().unwrap_or(0)),
+    };
+    RedisSettings {
+        tls_ca,
+        replicas,
+        replica_timeout: p.millis(PUBLISH_REPLICAS_TIMEOUT_MS),
+    }
+}
+
 fn check_redis_url(v: &str) -> Result<(), String> {
-    if v.contains(',') {
-        return Err("a list of servers is not supported yet: give one redis:// URL".into());
-    }
-    if v.starts_with("rediss://") || v.contains("cluster://") {
-        return Err("TLS and Redis Cluster are not supported yet: give a redis:// URL".into());
-    }
-    match v.strip_prefix("redis://") {
-        Some(rest) if !rest.is_empty() => Ok(()),
-        _ => Err("expected redis://[user:password@]host:port[/db]".into()),
-    }
+    sluice_common::redis_url::RedisUrl::parse(v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn default_node_id() -> String {

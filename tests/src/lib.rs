@@ -7,6 +7,7 @@ pub mod follow;
 pub mod process;
 mod raw;
 pub mod redis;
+pub mod redis_topology;
 pub mod security;
 pub mod traffic;
 mod ws;

@@ -23,12 +23,38 @@ pub struct TopicState {
     pub snapshot: Option<Pub>,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a broker call failed. Every text is free of secrets (Redis errors are
+/// scrubbed of the URL's password before they become one of these).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
+    /// The request itself is bad (a payload or snapshot that is not JSON): nothing
+    /// was written. HTTP 400.
     #[error("invalid publish: {0}")]
     Invalid(String),
+    /// The backing store cannot serve now: unreachable, restarting, failing over
+    /// (a read-only replica), a cluster reconfiguring. Retry later. HTTP 503.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The backing store did not answer in time. HTTP 503.
+    #[error("broker timed out: {0}")]
+    Timeout(String),
+    /// The `sluice` function library is missing on a master and loading it failed.
+    /// HTTP 503.
+    #[error("the sluice function library is not loaded: {0}")]
+    NotLoaded(String),
+    /// The configuration cannot work: credentials refused, TLS failed, bad URL.
+    /// HTTP 503; at start-up it stops the node.
+    #[error("broker misconfigured: {0}")]
+    Config(String),
+    /// The publish was written and has its seq, but fewer replicas than asked
+    /// confirmed it within the wait (`SLUICE_PUBLISH_REPLICAS_TIMEOUT_MS`): it is
+    /// delivered, yet a master failure now could lose it. HTTP 504, naming the seq,
+    /// so the caller knows a retry publishes a second message.
+    #[error("{message}")]
+    NotReplicated {
+        position: StreamPosition,
+        message: String,
+    },
 }
 
 /// What a publish asks for.

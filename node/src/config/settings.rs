@@ -98,6 +98,25 @@ pub const SETTINGS: &[Setting] = &[
         "Redis URL; unset runs the embedded in-memory broker (one node)",
     ),
     other(
+        REDIS_TLS_CA,
+        Unset("the system's roots"),
+        Kind::File,
+        "PEM file of the CA(s) that sign the Redis servers' certificates (rediss://)",
+    ),
+    other(
+        PUBLISH_REPLICAS,
+        Value("auto"),
+        Kind::Word(&["auto", "0", "1", "2", "3", "4", "5"]),
+        "replicas a publish waits for: auto (1 when the master has one) or 0-5",
+    ),
+    int(
+        PUBLISH_REPLICAS_TIMEOUT_MS,
+        "1000",
+        1,
+        4000,
+        "ms a publish waits for its replicas; then it answers 504 (published, unconfirmed)",
+    ),
+    other(
         NODE_ID,
         Unset("hostname or a uuid"),
         Kind::Text,

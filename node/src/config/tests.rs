@@ -178,7 +178,7 @@ fn flags_override_and_are_checked() {
 
 #[test]
 fn every_default_parses_and_lies_within_its_range() {
-    assert_eq!(SETTINGS.len(), 34);
+    assert_eq!(SETTINGS.len(), 37);
     let mut literal = 0;
     for s in SETTINGS {
         assert!(!s.help.is_empty(), "{} has help", s.name);
@@ -210,7 +210,7 @@ fn every_default_parses_and_lies_within_its_range() {
             }
         }
     }
-    assert_eq!(literal, 22, "settings with a literal default");
+    assert_eq!(literal, 24, "settings with a literal default");
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn every_number_out_of_range_is_refused_with_the_tables_bounds() {
         assert!(with(&[(s.name, ok.as_str())]).is_ok(), "{}={ok}", s.name);
         checked += 1;
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 19);
 }
 
 #[test]
@@ -371,5 +371,32 @@ fn the_readme_table_lists_every_setting_with_its_flag_and_default() {
     seen.sort_unstable();
     names.sort_unstable();
     assert_eq!(seen, names, "README.md lists every setting once");
-    assert_eq!(literal, 22);
+    assert_eq!(literal, 24);
+}
+
+#[test]
+fn redis_settings_default_to_auto_replicas_and_system_roots() {
+    use sluice_common::redis_client::Replicas;
+    let c = with(&[]).unwrap();
+    assert_eq!(c.redis.tls_ca, None);
+    assert_eq!(c.redis.replicas, Replicas::Auto);
+    assert_eq!(c.redis.replica_timeout, Duration::from_millis(1000));
+    let c = with(&[
+        (PUBLISH_REPLICAS, "2"),
+        (PUBLISH_REPLICAS_TIMEOUT_MS, "250"),
+    ])
+    .unwrap();
+    assert_eq!(c.redis.replicas, Replicas::Exactly(2));
+    assert_eq!(c.redis.replica_timeout, Duration::from_millis(250));
+    let err = with(&[
+        (REDIS_TLS_CA, "/no/such/redis-ca.pem"),
+        (PUBLISH_REPLICAS, "all"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.0.len(), 2, "{err}");
+    assert!(err.0.iter().any(|l| l.starts_with(REDIS_TLS_CA)), "{err}");
+    assert!(
+        err.0.iter().any(|l| l.starts_with(PUBLISH_REPLICAS)),
+        "{err}"
+    );
 }

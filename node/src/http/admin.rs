@@ -148,7 +148,14 @@ pub async fn publish(
         .await
         .map_err(|e| match e {
             BrokerError::Invalid(m) => invalid(m),
-            BrokerError::Unavailable(m) => ApiError::unavailable(m),
+            // Written but not confirmed by a replica: not a plain failure, since a
+            // retry would publish a second message.
+            BrokerError::NotReplicated { message, .. } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::InternalError,
+                message,
+            ),
+            other => ApiError::unavailable(other.to_string()),
         })?;
     st.metrics.published.increment(1);
     Ok(Json(json!({

@@ -229,6 +229,7 @@ fn broker_error(e: BrokerError) -> ApiError {
     match e {
         BrokerError::Invalid(m) => internal(m),
         BrokerError::Unavailable(m) => ApiError::unavailable(m),
+        other => ApiError::unavailable(other.to_string()),
     }
 }
 

@@ -8,6 +8,8 @@
 
 // Public only so the fuzz targets (`fuzz/`) can drive the decoder directly.
 pub mod decode;
+mod errors;
+mod library;
 mod reader;
 
 use std::{
@@ -21,7 +23,6 @@ use std::{
 
 use fred::{
     clients::{Client, Pool},
-    error::Error as RedisError,
     interfaces::{
         ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
         TransactionInterface,
@@ -31,13 +32,19 @@ use fred::{
         Builder, Expiration,
     },
 };
-use sluice_common::{keys, redact, time_fmt, StreamPosition, Topic};
+use sluice_common::{
+    keys, redact,
+    redis_client::{self, PublishArgs, RedisSettings},
+    replica_wait::{ReplicaWait, WaitFailure},
+    time_fmt, StreamPosition, Topic,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::{
     decode::{decode_entry, EpochCache},
+    errors::{from_failure, parse_url, unavailable},
     reader::ReaderGroup,
 };
 use super::{Broker, BrokerError, PublishRequest, TopicState};
@@ -58,6 +65,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_FAILURES_FOR_DOWN: u32 = 2;
 /// How often connectivity is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long shutdown waits for the connections' QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Every this many probes, check the library is still loaded (a Redis that
 /// restarted empty faster than a probe has lost it without the node noticing).
 const LIBRARY_CHECK_EVERY: u32 = 4;
@@ -85,6 +94,11 @@ pub struct RedisBroker {
     groups: Vec<Arc<ReaderGroup>>,
     sink: Arc<dyn Sink>,
     library: String,
+    /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
+    replica_wait: ReplicaWait,
+    /// The primaries last seen on Cluster (`host:port`, sorted): a new one gets the
+    /// function library at once.
+    primaries: Mutex<Vec<String>>,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -107,40 +121,12 @@ fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
     b
 }
 
-/// Checks the URL is one this build can serve, with a clear reason when not.
-fn parse_url(url: &str) -> Result<RedisConfig, BrokerError> {
-    let unsupported = |what: &str| {
-        BrokerError::Unavailable(format!(
-            "REDIS_URL: {what} is not supported by this build yet"
-        ))
-    };
-    if url.contains(',') {
-        return Err(unsupported("a list of Redis servers"));
-    }
-    if url.starts_with("rediss") {
-        return Err(unsupported("TLS (rediss://)"));
-    }
-    if url.starts_with("redis+cluster") || url.starts_with("redis-cluster") {
-        return Err(unsupported("Redis Cluster"));
-    }
-    RedisConfig::from_url(url).map_err(|e| {
-        BrokerError::Unavailable(redact::scrub(&format!(
-            "REDIS_URL {:?}: {e}",
-            redact::redact_url(url)
-        )))
-    })
-}
-
-/// Every fred error leaves this module through here (or through `redact::scrub`
-/// directly): fred may echo its configuration, password included, in error text.
-fn unavailable(e: RedisError) -> BrokerError {
-    BrokerError::Unavailable(redact::scrub(e.details()))
-}
-
 impl RedisBroker {
-    /// Connects, loads the function library and starts the readers.
+    /// Connects to any `REDIS_URL` form (with `settings`: TLS roots, replica wait),
+    /// loads the function library on every master and starts the readers.
     pub async fn connect(
         url: &str,
+        settings: &RedisSettings,
         sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         history_size: usize,
@@ -149,8 +135,7 @@ impl RedisBroker {
         // Before anything can fail: from here on every error text is scrubbed of it.
         redact::remember_url_secrets(url);
         let shown = redact::redact_url(url);
-        let config = parse_url(url)?;
-        let mut config = config;
+        let mut config = parse_url(url, settings)?;
         // Keep retrying when Redis is down at start-up: the node starts not ready
         // and becomes ready when Redis answers, like after any later outage.
         config.fail_fast = false;
@@ -177,6 +162,8 @@ impl RedisBroker {
             groups,
             sink: sink.clone(),
             library: library_source(history_size, history_ttl),
+            replica_wait: ReplicaWait::new(settings.replicas, settings.replica_timeout),
+            primaries: Mutex::new(Vec::new()),
             connected: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -185,6 +172,7 @@ impl RedisBroker {
         match first {
             Ok(Ok(())) => {
                 broker.load_library().await?;
+                broker.primaries_changed();
                 broker.connected.store(true, Ordering::Release);
                 metrics.redis_connected.set(1.0);
                 info!(url = %shown, "connected to Redis; function library loaded");
@@ -205,39 +193,6 @@ impl RedisBroker {
         tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(broker)
-    }
-
-    /// `FUNCTION LOAD REPLACE` of the library.
-    async fn load_library(&self) -> Result<(), BrokerError> {
-        self.pool
-            .next()
-            .function_load::<String, _>(true, self.library.as_str())
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                BrokerError::Unavailable(format!(
-                    "loading the sluice function library: {}",
-                    redact::scrub(e.details())
-                ))
-            })
-    }
-
-    /// Whether the `sluice` library is loaded (true when the check itself fails,
-    /// so a probe error never triggers a reload storm).
-    async fn library_loaded(&self) -> bool {
-        let listed: Result<fred::types::Value, _> = self
-            .pool
-            .next()
-            .custom(
-                fred::cmd!("FUNCTION"),
-                vec!["LIST", "LIBRARYNAME", "sluice"],
-            )
-            .await;
-        match listed {
-            Ok(fred::types::Value::Array(libs)) => !libs.is_empty(),
-            Ok(_) => true,
-            Err(_) => true,
-        }
     }
 
     /// Probes Redis; on coming back, reloads the library (a Redis restarted without
@@ -272,6 +227,11 @@ impl RedisBroker {
                 }
             } else if !up && was {
                 warn!("Redis unreachable; node not ready until it is back");
+            } else if up && self.primaries_changed() {
+                match self.load_library().await {
+                    Ok(()) => info!("Redis Cluster primaries changed; function library loaded"),
+                    Err(e) => warn!(error = %e, "new primaries, but the library did not load"),
+                }
             } else if up && probes % LIBRARY_CHECK_EVERY == 0 && !self.library_loaded().await {
                 match self.load_library().await {
                     Ok(()) => info!("function library was missing from Redis; reloaded"),
@@ -286,35 +246,33 @@ impl RedisBroker {
     fn group(&self, topic: &Topic) -> &Arc<ReaderGroup> {
         &self.groups[reader::group_of(topic, self.groups.len())]
     }
-
-    async fn fcall_publish(&self, topic: &str, args: &[&str]) -> Result<(u64, String), RedisError> {
-        self.pool
-            .next()
-            .fcall("sluice_publish", topic, args.to_vec())
-            .await
-    }
 }
 
 #[async_trait::async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError> {
-        let mut args = vec![req.payload_json, req.kind.as_str()];
-        if let Some(s) = req.snapshot_json {
-            args.push(s);
-        }
         let topic = req.topic.as_str();
-        let mut result = self.fcall_publish(topic, &args).await;
-        if matches!(&result, Err(e) if e.details().contains("Function not found")) {
-            self.load_library().await?;
-            result = self.fcall_publish(topic, &args).await;
-        }
-        match result {
-            Ok((seq, epoch)) => Ok(StreamPosition { seq, epoch }),
-            Err(e) => match e.details().split_once("sluice: ") {
-                Some((_, reason)) => Err(BrokerError::Invalid(reason.to_owned())),
-                None => Err(unavailable(e)),
-            },
-        }
+        let args = PublishArgs {
+            topic,
+            kind: req.kind,
+            payload_json: req.payload_json,
+            snapshot_json: req.snapshot_json,
+        };
+        // One client for both steps: WAIT counts the writes of its own connection.
+        let client = self.pool.next();
+        let position = redis_client::fcall_publish(client, args, Some(&self.library))
+            .await
+            .map_err(from_failure)?;
+        self.replica_wait
+            .wait(client, topic, position)
+            .await
+            .map_err(|e| match e {
+                WaitFailure::NotReplicated(n) => BrokerError::NotReplicated {
+                    message: n.to_string(),
+                    position: n.position,
+                },
+                WaitFailure::Redis(f) => from_failure(f),
+            })
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
@@ -397,36 +355,47 @@ impl Broker for RedisBroker {
         record: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let now = time_fmt::now_ms();
-        let key = keys::node(node_id);
-        let tx = self.pool.next().multi();
-        let _: () = tx
-            .set(
-                &key,
-                record,
-                Some(Expiration::PX(ttl.as_millis() as i64)),
-                None,
-                false,
-            )
+        // A transaction is not under the pool's command timeout: bound it here, so a
+        // Redis that vanished cannot hold up a refresh or the drain.
+        let write = async {
+            let now = time_fmt::now_ms();
+            let key = keys::node(node_id);
+            let tx = self.pool.next().multi();
+            let _: () = tx
+                .set(
+                    &key,
+                    record,
+                    Some(Expiration::PX(ttl.as_millis() as i64)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            let _: () = tx
+                .zadd(keys::NODES, None, None, false, false, (now as f64, node_id))
+                .await
+                .map_err(unavailable)?;
+            // Forget index entries of nodes gone for a while.
+            let stale = (now - 10 * ttl.as_millis() as i64) as f64;
+            let _: () = tx
+                .zremrangebyscore(keys::NODES, f64::MIN, stale)
+                .await
+                .map_err(unavailable)?;
+            tx.exec::<()>(true).await.map_err(unavailable)
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, write)
             .await
-            .map_err(unavailable)?;
-        let _: () = tx
-            .zadd(keys::NODES, None, None, false, false, (now as f64, node_id))
-            .await
-            .map_err(unavailable)?;
-        // Forget index entries of nodes gone for a while.
-        let stale = (now - 10 * ttl.as_millis() as i64) as f64;
-        let _: () = tx
-            .zremrangebyscore(keys::NODES, f64::MIN, stale)
-            .await
-            .map_err(unavailable)?;
-        tx.exec::<()>(true).await.map_err(unavailable)
+            .unwrap_or_else(|_| Err(BrokerError::Timeout("registering this node".into())))
     }
 
     async fn deregister_node(&self, node_id: &str) {
         let client = self.pool.next();
-        let _: Result<(), _> = client.del(keys::node(node_id)).await;
-        let _: Result<(), _> = client.zrem(keys::NODES, node_id).await;
+        let forget = async {
+            let _: Result<(), _> = client.del(keys::node(node_id)).await;
+            let _: Result<(), _> = client.zrem(keys::NODES, node_id).await;
+        };
+        // Best effort on the way out: the record expires by itself anyway.
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, forget).await;
     }
 
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
@@ -452,11 +421,18 @@ impl Broker for RedisBroker {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        let _ = self.pool.quit().await;
-        let _ = self.probe.quit().await;
-        let _ = self.doorbell.quit().await;
-        for g in &self.groups {
-            let _ = g.client().quit().await;
+        // Bounded: with every Redis gone (a Cluster torn down), fred's QUIT waited
+        // for a reconnect that never came and SIGTERM never finished.
+        let quit = async {
+            let _ = self.pool.quit().await;
+            let _ = self.probe.quit().await;
+            let _ = self.doorbell.quit().await;
+            for g in &self.groups {
+                let _ = g.client().quit().await;
+            }
+        };
+        if tokio::time::timeout(QUIT_TIMEOUT, quit).await.is_err() {
+            warn!("Redis did not answer QUIT within {QUIT_TIMEOUT:?}; leaving without it");
         }
     }
 }
@@ -472,18 +448,5 @@ mod tests {
         assert!(src.contains("local HISTORY_SIZE = 250\n"));
         assert!(src.contains("local HISTORY_TTL = 60\n"));
         assert!(!src.contains("__HISTORY"));
-    }
-
-    #[test]
-    fn unsupported_urls_are_refused_clearly() {
-        for url in [
-            "rediss://h:1",
-            "redis+cluster://h:1",
-            "redis://a:1,redis://b:2",
-        ] {
-            let err = parse_url(url).unwrap_err().to_string();
-            assert!(err.contains("not supported"), "{url}: {err}");
-        }
-        assert!(parse_url("redis://127.0.0.1:6379/0").is_ok());
     }
 }
