@@ -23,8 +23,8 @@ use fred::{
     clients::{Client, Pool},
     error::Error as RedisError,
     interfaces::{
-        ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
-        TransactionInterface,
+        ClientLike, FunctionInterface, HashesInterface, KeysInterface, SortedSetsInterface,
+        StreamsInterface, TransactionInterface,
     },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -338,6 +338,20 @@ impl Broker for RedisBroker {
             position: Some(StreamPosition { seq, epoch }),
             snapshot,
         })
+    }
+
+    async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
+        // One HMGET is atomic: the seq and the epoch it counts in.
+        let (seq, epoch): (Option<u64>, Option<String>) = self
+            .pool
+            .next()
+            .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
+            .await
+            .map_err(unavailable)?;
+        Ok(epoch.filter(|e| !e.is_empty()).map(|epoch| StreamPosition {
+            seq: seq.unwrap_or(0),
+            epoch,
+        }))
     }
 
     async fn history(

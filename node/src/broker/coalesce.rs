@@ -1,0 +1,328 @@
+//! Single flight for the broker's reads: concurrent reads of one topic share one
+//! read of the store, so a storm of resuming clients costs Redis a read per topic,
+//! not one per client.
+//!
+//! [`Coalescing`] wraps any [`Broker`]. A read with no matching read in flight
+//! starts one in a spawned task and registers it; reads arriving while it is in
+//! flight wait for the same result, or the same error. The task, not the caller,
+//! owns the read, so a caller that is cancelled (its session closed) strands no one.
+//! The task unregisters its read before its result is handed out: nothing is
+//! cached, and a read issued after one completed goes to the store again. The tables
+//! hold reads in flight only (one per key; at most [`MAX_HISTORY_FLIGHTS`] history
+//! reads per topic), so they never outgrow the reads actually waiting.
+//!
+//! History reads of one topic also share when they overlap: a read from `from`
+//! joins an in-flight read of `[f, f + limit)` when `f <= from < f + limit` and
+//! takes the entries with `seq >= from` (at most its own limit). That is what a read
+//! of its own could have returned, or a prefix of it — which callers already handle,
+//! since `history` may return fewer than `limit`. An empty slice, though, may only
+//! mean the shared read ran before entries the caller knows of were published, so a
+//! joiner that would get nothing reads for itself.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use sluice_common::{StreamPosition, Topic};
+
+use super::{Broker, BrokerError, PublishRequest, TopicState};
+use crate::publication::Pub;
+
+/// Distinct history reads of one topic in flight at once; past this, a read goes
+/// to the store without registering (the table stays bounded whatever arrives).
+pub const MAX_HISTORY_FLIGHTS: usize = 16;
+
+type SharedRead<T> = Shared<BoxFuture<'static, Result<T, BrokerError>>>;
+
+struct Flight<T> {
+    id: u64,
+    read: SharedRead<T>,
+}
+
+struct HistoryFlight {
+    id: u64,
+    from: u64,
+    limit: usize,
+    read: SharedRead<Arc<Vec<Pub>>>,
+}
+
+impl HistoryFlight {
+    /// Whether a read from `from` finds its first entries in this one's range.
+    fn covers(&self, from: u64) -> bool {
+        self.from <= from && from < self.from.saturating_add(self.limit as u64)
+    }
+}
+
+type Table<T> = Arc<Mutex<HashMap<Topic, Flight<T>>>>;
+type HistoryTable = Arc<Mutex<HashMap<Topic, Vec<HistoryFlight>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs its closure when dropped: the read task unregisters itself this way even
+/// if the read panics.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// Starts `read` in its own task; `unregister` runs when the task ends, before the
+/// result reaches any waiter. Called with the table's lock held, so the task cannot
+/// unregister before it is registered.
+fn spawn_read<T, F, U>(read: F, unregister: U) -> SharedRead<T>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
+    U: FnOnce() + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let _unregister = OnDrop(Some(unregister));
+        read.await
+    });
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(BrokerError::Unavailable(format!(
+                "a broker read failed: {e}"
+            )))
+        })
+    }
+    .boxed()
+    .shared()
+}
+
+/// A [`Broker`] whose concurrent reads of one topic share one read of the inner one.
+pub struct Coalescing {
+    inner: Arc<dyn Broker>,
+    states: Table<TopicState>,
+    heads: Table<Option<StreamPosition>>,
+    follows: Table<()>,
+    histories: HistoryTable,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Coalescing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescing")
+            .field("inner", &self.inner)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Coalescing {
+    pub fn new(inner: Arc<dyn Broker>) -> Self {
+        Coalescing {
+            inner,
+            states: Table::default(),
+            heads: Table::default(),
+            follows: Table::default(),
+            histories: HistoryTable::default(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads in flight now, over every kind (0 when nothing is being read).
+    pub fn in_flight(&self) -> usize {
+        lock(&self.states).len()
+            + lock(&self.heads).len()
+            + lock(&self.follows).len()
+            + lock(&self.histories).values().map(Vec::len).sum::<usize>()
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Joins the read of `topic` in flight in `table`, or starts one with `read`.
+    async fn single<T, R>(&self, table: &Table<T>, topic: &Topic, read: R) -> Result<T, BrokerError>
+    where
+        T: Clone + Send + Sync + 'static,
+        R: FnOnce(Arc<dyn Broker>, Topic) -> BoxFuture<'static, Result<T, BrokerError>>,
+    {
+        let shared = {
+            let mut map = lock(table);
+            match map.get(topic) {
+                Some(f) => f.read.clone(),
+                None => {
+                    let id = self.id();
+                    let (table, key) = (table.clone(), topic.clone());
+                    let shared = spawn_read(read(self.inner.clone(), topic.clone()), move || {
+                        let mut map = lock(&table);
+                        if map.get(&key).is_some_and(|f| f.id == id) {
+                            map.remove(&key);
+                        }
+                    });
+                    map.insert(
+                        topic.clone(),
+                        Flight {
+                            id,
+                            read: shared.clone(),
+                        },
+                    );
+                    shared
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// Starts a history read and registers it under `topic` (lock held by caller).
+    fn start_history(
+        &self,
+        flights: &mut Vec<HistoryFlight>,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+    ) -> SharedRead<Arc<Vec<Pub>>> {
+        let id = self.id();
+        let (inner, t) = (self.inner.clone(), topic.clone());
+        let read = async move { inner.history(&t, from, limit).await.map(Arc::new) };
+        let (table, key) = (self.histories.clone(), topic.clone());
+        let shared = spawn_read(read, move || {
+            let mut map = lock(&table);
+            if let Some(flights) = map.get_mut(&key) {
+                flights.retain(|f| f.id != id);
+                if flights.is_empty() {
+                    map.remove(&key);
+                }
+            }
+        });
+        flights.push(HistoryFlight {
+            id,
+            from,
+            limit,
+            read: shared.clone(),
+        });
+        shared
+    }
+}
+
+/// How one history read is served.
+enum Plan {
+    /// Its own read, or an identical one: the whole answer is its answer.
+    Whole(SharedRead<Arc<Vec<Pub>>>),
+    /// A wider read that covers `from`: its slice from `from` on.
+    Slice(SharedRead<Arc<Vec<Pub>>>),
+    /// Straight to the store (too many distinct reads of the topic in flight).
+    Direct,
+}
+
+#[async_trait::async_trait]
+impl Broker for Coalescing {
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamPosition, BrokerError> {
+        self.inner.publish(req).await
+    }
+
+    async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
+        self.single(&self.states, topic, |inner, t| {
+            async move { inner.state(&t).await }.boxed()
+        })
+        .await
+    }
+
+    async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
+        self.single(&self.heads, topic, |inner, t| {
+            async move { inner.head(&t).await }.boxed()
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Pub>, BrokerError> {
+        if limit == 0 {
+            return self.inner.history(topic, from, limit).await;
+        }
+        let plan = {
+            let mut map = lock(&self.histories);
+            let flights = map.entry(topic.clone()).or_default();
+            let same = flights.iter().find(|f| f.from == from && f.limit == limit);
+            let wider = flights
+                .iter()
+                .filter(|f| f.covers(from))
+                .max_by_key(|f| f.from.saturating_add(f.limit as u64));
+            match (same, wider) {
+                (Some(f), _) => Plan::Whole(f.read.clone()),
+                (None, Some(f)) => Plan::Slice(f.read.clone()),
+                (None, None) if flights.len() < MAX_HISTORY_FLIGHTS => {
+                    Plan::Whole(self.start_history(flights, topic, from, limit))
+                }
+                (None, None) => Plan::Direct,
+            }
+        };
+        match plan {
+            Plan::Whole(read) => Ok(read.await?.as_ref().clone()),
+            Plan::Slice(read) => {
+                let page = read.await?;
+                let slice: Vec<Pub> = page
+                    .iter()
+                    .filter(|p| p.seq >= from)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                if slice.is_empty() {
+                    self.inner.history(topic, from, limit).await
+                } else {
+                    Ok(slice)
+                }
+            }
+            Plan::Direct => self.inner.history(topic, from, limit).await,
+        }
+    }
+
+    async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        self.single(&self.follows, topic, |inner, t| {
+            async move { inner.follow(&t).await }.boxed()
+        })
+        .await
+    }
+
+    fn unfollow(&self, topic: &Topic) {
+        self.inner.unfollow(topic);
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
+
+    async fn register_node(
+        &self,
+        node_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.register_node(node_id, record, ttl).await
+    }
+
+    async fn deregister_node(&self, node_id: &str) {
+        self.inner.deregister_node(node_id).await;
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        self.inner.live_nodes().await
+    }
+}
+
+#[cfg(test)]
+#[path = "coalesce_tests.rs"]
+mod tests;
