@@ -21,7 +21,6 @@
 
 use std::{
     collections::HashMap,
-    hash::Hash,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,

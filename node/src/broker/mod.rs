@@ -91,3 +91,20 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The records of every live node.
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError>;
 }
+
+/// The topic's position, and its snapshot only when `with_snapshot` (a reader that
+/// will not send the snapshot reads the head alone).
+pub async fn read_state(
+    broker: &dyn Broker,
+    topic: &Topic,
+    with_snapshot: bool,
+) -> Result<TopicState, BrokerError> {
+    if with_snapshot {
+        return broker.state(topic).await;
+    }
+    let position = broker.head(topic).await?;
+    Ok(TopicState {
+        position,
+        snapshot: None,
+    })
+}

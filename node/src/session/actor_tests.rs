@@ -206,3 +206,6 @@ fn an_idle_session_task_is_small() {
     println!("session future: {size} bytes");
     assert!(size <= 640, "the session future is {size} bytes");
 }
+
+#[path = "snapshot_reads_tests.rs"]
+mod snapshot_reads;
