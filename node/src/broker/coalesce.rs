@@ -110,6 +110,8 @@ pub struct Coalescing {
     follows: Table<()>,
     histories: HistoryTable,
     next_id: AtomicU64,
+    /// Counts `unfollow` calls, so a follow in flight can tell one happened.
+    unfollows: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Coalescing {
@@ -130,6 +132,7 @@ impl Coalescing {
             follows: Table::default(),
             histories: HistoryTable::default(),
             next_id: AtomicU64::new(0),
+            unfollows: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -286,13 +289,27 @@ impl Broker for Coalescing {
     }
 
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
-        self.single(&self.follows, topic, |inner, t| {
-            async move { inner.follow(&t).await }.boxed()
+        let unfollows = self.unfollows.clone();
+        self.single(&self.follows, topic, move |inner, t| {
+            async move {
+                let seen = unfollows.load(Ordering::Acquire);
+                let r = inner.follow(&t).await;
+                // A session that started this follow may have been cancelled and
+                // left the hub meanwhile; its unfollow ran before this follow armed
+                // the topic. Unfollow again: the broker re-checks the hub, so this
+                // does nothing while any session still wants the topic.
+                if unfollows.load(Ordering::Acquire) != seen {
+                    inner.unfollow(&t);
+                }
+                r
+            }
+            .boxed()
         })
         .await
     }
 
     fn unfollow(&self, topic: &Topic) {
+        self.unfollows.fetch_add(1, Ordering::AcqRel);
         self.inner.unfollow(topic);
     }
 

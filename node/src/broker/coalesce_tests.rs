@@ -20,6 +20,7 @@ struct Fake {
     states: AtomicUsize,
     heads: AtomicUsize,
     follows: AtomicUsize,
+    unfollows: AtomicUsize,
     histories: Mutex<Vec<(u64, usize)>>,
     gate: RwLock<()>,
     fail: Mutex<Option<String>>,
@@ -95,7 +96,9 @@ impl Broker for Fake {
         self.pass().await
     }
 
-    fn unfollow(&self, _topic: &Topic) {}
+    fn unfollow(&self, _topic: &Topic) {
+        self.unfollows.fetch_add(1, Ordering::SeqCst);
+    }
 
     fn is_connected(&self) -> bool {
         true
@@ -370,4 +373,25 @@ async fn distinct_history_reads_of_one_topic_are_capped_in_the_table() {
         assert_eq!(seqs(&p.expect("history")), [1 + i as u64]);
     }
     assert_eq!(c.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn an_unfollow_during_a_follow_in_flight_is_repeated_after_it() {
+    let fake = Fake::with_head(1);
+    let c = Arc::new(Coalescing::new(fake.clone()));
+    let t = topic("p.a");
+    // A follow with no unfollow meanwhile unfollows nothing.
+    c.follow(&t).await.expect("follow");
+    assert_eq!(fake.unfollows.load(Ordering::SeqCst), 0);
+    // The session that started a follow is cancelled and leaves the hub before the
+    // follow armed the topic: the broker hears the unfollow again afterwards (and
+    // re-checks the hub then).
+    let gate = fake.gate.write().await;
+    assert!(c.follow(&t).now_or_never().is_none());
+    until(|| fake.follows.load(Ordering::SeqCst) == 2).await;
+    c.unfollow(&t);
+    assert_eq!(fake.unfollows.load(Ordering::SeqCst), 1);
+    drop(gate);
+    until(|| c.in_flight() == 0).await;
+    assert_eq!(fake.unfollows.load(Ordering::SeqCst), 2);
 }
