@@ -2,27 +2,30 @@
 //! read of the store, so a storm of resuming clients costs Redis a read per topic,
 //! not one per client.
 //!
-//! [`Coalescing`] wraps any [`Broker`]. A read with no matching read in flight
-//! starts one in a spawned task and registers it; reads arriving while it is in
-//! flight wait for the same result, or the same error. The task, not the caller,
-//! owns the read, so a caller that is cancelled (its session closed) strands no one.
-//! The task unregisters its read before its result is handed out: nothing is
-//! cached, and a read issued after one completed goes to the store again. The tables
-//! hold reads in flight only (one per key; at most [`MAX_HISTORY_FLIGHTS`] history
-//! reads per topic), so they never outgrow the reads actually waiting.
+//! [`Coalescing`] wraps any [`Broker`]. A read with no matching read to join starts
+//! one in a spawned task and registers it; reads arriving before it is sent to the
+//! store join it and get the same result, or the same error. A read is joinable
+//! only until it is sent: a caller must get a state at least as new as its own
+//! request (a session joins the hub first, then reads; a read that ran before the
+//! join could miss publications that reached neither the read nor the session's
+//! mailbox). The task yields once before sending, so sessions woken together (a
+//! storm) join it. The task, not the caller, owns the read, so a caller that is
+//! cancelled (its session closed) strands no one. The task unregisters its read
+//! before its result is handed out: nothing is cached, and a read issued after one
+//! completed goes to the store again. The tables hold only reads in flight (the
+//! newest per key; at most [`MAX_HISTORY_FLIGHTS`] history reads per topic).
 //!
 //! History reads of one topic also share when they overlap: a read from `from`
-//! joins an in-flight read of `[f, f + limit)` when `f <= from < f + limit` and
-//! takes the entries with `seq >= from` (at most its own limit). That is what a read
-//! of its own could have returned, or a prefix of it — which callers already handle,
-//! since `history` may return fewer than `limit`. An empty slice, though, may only
-//! mean the shared read ran before entries the caller knows of were published, so a
-//! joiner that would get nothing reads for itself.
+//! joins an unsent read of `[f, f + limit)` when `f <= from < f + limit` and takes
+//! the entries with `seq >= from` (at most its own limit). The shared read runs
+//! after the joiner asked, so that is what a read of its own could have returned, or
+//! a prefix of it — which callers already handle, since `history` may return fewer
+//! than `limit`.
 
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
@@ -40,9 +43,14 @@ pub const MAX_HISTORY_FLIGHTS: usize = 16;
 
 type SharedRead<T> = Shared<BoxFuture<'static, Result<T, BrokerError>>>;
 
+/// Set by the read task just before it sends its read: from then on, the read may
+/// have run before a new caller's request, which must not join it.
+type Sent = Arc<AtomicBool>;
+
 struct Flight<T> {
     id: u64,
     read: SharedRead<T>,
+    sent: Sent,
 }
 
 struct HistoryFlight {
@@ -50,12 +58,16 @@ struct HistoryFlight {
     from: u64,
     limit: usize,
     read: SharedRead<Arc<Vec<Pub>>>,
+    sent: Sent,
 }
 
 impl HistoryFlight {
-    /// Whether a read from `from` finds its first entries in this one's range.
-    fn covers(&self, from: u64) -> bool {
-        self.from <= from && from < self.from.saturating_add(self.limit as u64)
+    /// Whether a read from `from` may join this one: it is not sent yet, and its
+    /// range holds `from`.
+    fn joinable(&self, from: u64) -> bool {
+        !self.sent.load(Ordering::SeqCst)
+            && self.from <= from
+            && from < self.from.saturating_add(self.limit as u64)
     }
 }
 
@@ -81,17 +93,23 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 /// Starts `read` in its own task; `unregister` runs when the task ends, before the
 /// result reaches any waiter. Called with the table's lock held, so the task cannot
 /// unregister before it is registered.
-fn spawn_read<T, F, U>(read: F, unregister: U) -> SharedRead<T>
+fn spawn_read<T, F, U>(read: F, unregister: U) -> (SharedRead<T>, Sent)
 where
     T: Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
     U: FnOnce() + Send + 'static,
 {
+    let sent = Sent::default();
+    let mark = sent.clone();
     let task = tokio::spawn(async move {
         let _unregister = OnDrop(Some(unregister));
+        // One pass of the scheduler first: the sessions woken with the one that
+        // started this read (a storm) join it before it goes out.
+        tokio::task::yield_now().await;
+        mark.store(true, Ordering::SeqCst);
         read.await
     });
-    async move {
+    let shared = async move {
         task.await.unwrap_or_else(|e| {
             Err(BrokerError::Unavailable(format!(
                 "a broker read failed: {e}"
@@ -99,7 +117,8 @@ where
         })
     }
     .boxed()
-    .shared()
+    .shared();
+    (shared, sent)
 }
 
 /// A [`Broker`] whose concurrent reads of one topic share one read of the inner one.
@@ -157,21 +176,25 @@ impl Coalescing {
         let shared = {
             let mut map = lock(table);
             match map.get(topic) {
-                Some(f) => f.read.clone(),
-                None => {
+                Some(f) if !f.sent.load(Ordering::SeqCst) => f.read.clone(),
+                // None, or one already sent (it stays with its waiters; this one
+                // takes its place in the table).
+                _ => {
                     let id = self.id();
                     let (table, key) = (table.clone(), topic.clone());
-                    let shared = spawn_read(read(self.inner.clone(), topic.clone()), move || {
-                        let mut map = lock(&table);
-                        if map.get(&key).is_some_and(|f| f.id == id) {
-                            map.remove(&key);
-                        }
-                    });
+                    let (shared, sent) =
+                        spawn_read(read(self.inner.clone(), topic.clone()), move || {
+                            let mut map = lock(&table);
+                            if map.get(&key).is_some_and(|f| f.id == id) {
+                                map.remove(&key);
+                            }
+                        });
                     map.insert(
                         topic.clone(),
                         Flight {
                             id,
                             read: shared.clone(),
+                            sent,
                         },
                     );
                     shared
@@ -193,7 +216,7 @@ impl Coalescing {
         let (inner, t) = (self.inner.clone(), topic.clone());
         let read = async move { inner.history(&t, from, limit).await.map(Arc::new) };
         let (table, key) = (self.histories.clone(), topic.clone());
-        let shared = spawn_read(read, move || {
+        let (shared, sent) = spawn_read(read, move || {
             let mut map = lock(&table);
             if let Some(flights) = map.get_mut(&key) {
                 flights.retain(|f| f.id != id);
@@ -207,6 +230,7 @@ impl Coalescing {
             from,
             limit,
             read: shared.clone(),
+            sent,
         });
         shared
     }
@@ -216,7 +240,8 @@ impl Coalescing {
 enum Plan {
     /// Its own read, or an identical one: the whole answer is its answer.
     Whole(SharedRead<Arc<Vec<Pub>>>),
-    /// A wider read that covers `from`: its slice from `from` on.
+    /// A wider read that covers `from`: its slice from `from` on. It holds every
+    /// entry from `from` up to its own end, or up to the head when it ran.
     Slice(SharedRead<Arc<Vec<Pub>>>),
     /// Straight to the store (too many distinct reads of the topic in flight).
     Direct,
@@ -254,10 +279,12 @@ impl Broker for Coalescing {
         let plan = {
             let mut map = lock(&self.histories);
             let flights = map.entry(topic.clone()).or_default();
-            let same = flights.iter().find(|f| f.from == from && f.limit == limit);
+            let same = flights
+                .iter()
+                .find(|f| f.from == from && f.limit == limit && f.joinable(from));
             let wider = flights
                 .iter()
-                .filter(|f| f.covers(from))
+                .filter(|f| f.joinable(from))
                 .max_by_key(|f| f.from.saturating_add(f.limit as u64));
             match (same, wider) {
                 (Some(f), _) => Plan::Whole(f.read.clone()),
@@ -272,17 +299,12 @@ impl Broker for Coalescing {
             Plan::Whole(read) => Ok(read.await?.as_ref().clone()),
             Plan::Slice(read) => {
                 let page = read.await?;
-                let slice: Vec<Pub> = page
+                Ok(page
                     .iter()
                     .filter(|p| p.seq >= from)
                     .take(limit)
                     .cloned()
-                    .collect();
-                if slice.is_empty() {
-                    self.inner.history(topic, from, limit).await
-                } else {
-                    Ok(slice)
-                }
+                    .collect())
             }
             Plan::Direct => self.inner.history(topic, from, limit).await,
         }
