@@ -15,12 +15,11 @@
 //! completed goes to the store again. The tables hold only reads in flight (the
 //! newest per key; at most [`MAX_HISTORY_FLIGHTS`] history reads per topic).
 //!
-//! History reads of one topic also share when they overlap: a read from `from`
-//! joins an unsent read of `[f, f + limit)` when `f <= from < f + limit` and takes
-//! the entries with `seq >= from` (at most its own limit). The shared read runs
-//! after the joiner asked, so that is what a read of its own could have returned, or
-//! a prefix of it — which callers already handle, since `history` may return fewer
-//! than `limit`.
+//! History reads of one topic share one read of the widest range: a read from
+//! `from` joins an unsent read of the topic and widens it to cover both ranges (up
+//! to [`MAX_HISTORY_SPAN`] entries), and every caller takes its slice, the entries
+//! with `seq >= from`, at most its own limit. The read runs after every joiner
+//! asked, so each slice is what a read of its own could have returned.
 
 use std::{
     collections::HashMap,
@@ -40,6 +39,8 @@ use crate::publication::Pub;
 /// Distinct history reads of one topic in flight at once; past this, a read goes
 /// to the store without registering (the table stays bounded whatever arrives).
 pub const MAX_HISTORY_FLIGHTS: usize = 16;
+/// The widest range one shared history read covers (the REST history limit).
+pub const MAX_HISTORY_SPAN: u64 = 1000;
 
 type SharedRead<T> = Shared<BoxFuture<'static, Result<T, BrokerError>>>;
 
@@ -62,12 +63,18 @@ struct HistoryFlight {
 }
 
 impl HistoryFlight {
-    /// Whether a read from `from` may join this one: it is not sent yet, and its
-    /// range holds `from`.
-    fn joinable(&self, from: u64) -> bool {
-        !self.sent.load(Ordering::SeqCst)
-            && self.from <= from
-            && from < self.from.saturating_add(self.limit as u64)
+    /// The range this read would cover with `[from, from + limit)` joined to it,
+    /// if it is not sent yet and that stays within [`MAX_HISTORY_SPAN`].
+    fn widened(&self, from: u64, limit: usize) -> Option<(u64, usize)> {
+        if self.sent.load(Ordering::SeqCst) {
+            return None;
+        }
+        let start = self.from.min(from);
+        let end = self
+            .from
+            .saturating_add(self.limit as u64)
+            .max(from.saturating_add(limit as u64));
+        (end - start <= MAX_HISTORY_SPAN).then(|| (start, (end - start) as usize))
     }
 }
 
@@ -205,6 +212,7 @@ impl Coalescing {
     }
 
     /// Starts a history read and registers it under `topic` (lock held by caller).
+    /// Its range is read when it is sent: joiners may have widened it until then.
     fn start_history(
         &self,
         flights: &mut Vec<HistoryFlight>,
@@ -214,7 +222,17 @@ impl Coalescing {
     ) -> SharedRead<Arc<Vec<Pub>>> {
         let id = self.id();
         let (inner, t) = (self.inner.clone(), topic.clone());
-        let read = async move { inner.history(&t, from, limit).await.map(Arc::new) };
+        let (table, key) = (self.histories.clone(), topic.clone());
+        let read = async move {
+            let range = {
+                let map = lock(&table);
+                map.get(&key)
+                    .and_then(|v| v.iter().find(|f| f.id == id))
+                    .map(|f| (f.from, f.limit))
+            };
+            let (from, limit) = range.unwrap_or((from, limit));
+            inner.history(&t, from, limit).await.map(Arc::new)
+        };
         let (table, key) = (self.histories.clone(), topic.clone());
         let (shared, sent) = spawn_read(read, move || {
             let mut map = lock(&table);
@@ -238,11 +256,8 @@ impl Coalescing {
 
 /// How one history read is served.
 enum Plan {
-    /// Its own read, or an identical one: the whole answer is its answer.
-    Whole(SharedRead<Arc<Vec<Pub>>>),
-    /// A wider read that covers `from`: its slice from `from` on. It holds every
-    /// entry from `from` up to its own end, or up to the head when it ran.
-    Slice(SharedRead<Arc<Vec<Pub>>>),
+    /// A shared read (its own, or one it joined and widened): its slice of it.
+    Shared(SharedRead<Arc<Vec<Pub>>>),
     /// Straight to the store (too many distinct reads of the topic in flight).
     Direct,
 }
@@ -279,25 +294,26 @@ impl Broker for Coalescing {
         let plan = {
             let mut map = lock(&self.histories);
             let flights = map.entry(topic.clone()).or_default();
-            let same = flights
+            // The unsent read this one widens least (none at all when it covers it).
+            let join = flights
                 .iter()
-                .find(|f| f.from == from && f.limit == limit && f.joinable(from));
-            let wider = flights
-                .iter()
-                .filter(|f| f.joinable(from))
-                .max_by_key(|f| f.from.saturating_add(f.limit as u64));
-            match (same, wider) {
-                (Some(f), _) => Plan::Whole(f.read.clone()),
-                (None, Some(f)) => Plan::Slice(f.read.clone()),
-                (None, None) if flights.len() < MAX_HISTORY_FLIGHTS => {
-                    Plan::Whole(self.start_history(flights, topic, from, limit))
+                .enumerate()
+                .filter_map(|(i, f)| f.widened(from, limit).map(|w| (i, w, w.1 - f.limit)))
+                .min_by_key(|(_, _, grows)| *grows);
+            match join {
+                Some((i, (start, span), _)) => {
+                    let f = &mut flights[i];
+                    (f.from, f.limit) = (start, span);
+                    Plan::Shared(f.read.clone())
                 }
-                (None, None) => Plan::Direct,
+                None if flights.len() < MAX_HISTORY_FLIGHTS => {
+                    Plan::Shared(self.start_history(flights, topic, from, limit))
+                }
+                None => Plan::Direct,
             }
         };
         match plan {
-            Plan::Whole(read) => Ok(read.await?.as_ref().clone()),
-            Plan::Slice(read) => {
+            Plan::Shared(read) => {
                 let page = read.await?;
                 Ok(page
                     .iter()

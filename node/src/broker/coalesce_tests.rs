@@ -283,41 +283,38 @@ async fn overlapping_history_reads_share_the_widest_and_each_gets_its_slice() {
     let fake = Fake::with_head(30);
     let c = Arc::new(Coalescing::new(fake.clone()));
     let t = topic("p.a");
-    let gate = fake.gate.write().await;
     let (c2, t2) = (c.clone(), t.clone());
-    let all = tokio::spawn(async move {
-        join_all([
-            c2.history(&t2, 10, 10), // leads: covers 10..20
-            c2.history(&t2, 12, 3),  // inside: 12, 13, 14
-            c2.history(&t2, 19, 5),  // starts inside, wants past the end: 19 only
-            c2.history(&t2, 10, 10), // identical
-            c2.history(&t2, 9, 2),   // starts before: a read of its own
-            c2.history(&t2, 20, 2),  // starts past the end: a read of its own
-        ])
-        .await
-    });
-    until(|| fake.history_calls().len() == 3).await;
-    drop(gate);
-    let pages: Vec<Vec<u64>> = all
-        .await
-        .expect("join")
-        .into_iter()
-        .map(|p| seqs(&p.expect("history")))
-        .collect();
+    // All asked before the shared read goes out: one read of 9..24 serves the
+    // first six; the last is more than MAX_HISTORY_SPAN away and reads alone.
+    let far = MAX_HISTORY_SPAN * 2;
+    let pages: Vec<Vec<u64>> = join_all([
+        c2.history(&t2, 10, 10), // starts the read: 10..20
+        c2.history(&t2, 12, 3),  // inside: 12, 13, 14
+        c2.history(&t2, 19, 5),  // widens it to 24: 19..24
+        c2.history(&t2, 10, 10), // identical
+        c2.history(&t2, 9, 2),   // widens it down to 9: 9, 10
+        c2.history(&t2, 20, 2),  // inside the widened range: 20, 21
+        c2.history(&t2, far, 5), // too far to share: nothing there
+    ])
+    .await
+    .into_iter()
+    .map(|p| seqs(&p.expect("history")))
+    .collect();
     assert_eq!(
         pages,
         [
             (10..20).collect::<Vec<_>>(),
             vec![12, 13, 14],
-            vec![19],
+            (19..24).collect(),
             (10..20).collect(),
             vec![9, 10],
             vec![20, 21],
+            vec![],
         ]
     );
     let mut inner = fake.history_calls();
     inner.sort_unstable();
-    assert_eq!(inner, [(9, 2), (10, 10), (20, 2)]);
+    assert_eq!(inner, [(9, 15), (far, 5)]);
     assert_eq!(c.in_flight(), 0);
 }
 
@@ -354,23 +351,23 @@ async fn a_read_already_sent_is_not_joined_by_a_later_caller() {
 
 #[tokio::test]
 async fn distinct_history_reads_of_one_topic_are_capped_in_the_table() {
-    let fake = Fake::with_head(100);
+    let n = MAX_HISTORY_FLIGHTS + 4;
+    let gap = MAX_HISTORY_SPAN + 1;
+    let fake = Fake::with_head(1 + n as u64 * gap);
     let c = Arc::new(Coalescing::new(fake.clone()));
     let t = topic("p.a");
     let gate = fake.gate.write().await;
-    let n = MAX_HISTORY_FLIGHTS + 4;
     let (c2, t2) = (c.clone(), t.clone());
-    // Disjoint single-entry reads: none can share.
-    let all =
-        tokio::spawn(
-            async move { join_all((0..n as u64).map(|i| c2.history(&t2, 1 + i, 1))).await },
-        );
+    // Reads too far apart to share one range.
+    let all = tokio::spawn(async move {
+        join_all((0..n as u64).map(|i| c2.history(&t2, 1 + i * gap, 1))).await
+    });
     until(|| fake.history_calls().len() == n).await;
     assert_eq!(c.in_flight(), MAX_HISTORY_FLIGHTS);
     drop(gate);
     let pages = all.await.expect("join");
     for (i, p) in pages.into_iter().enumerate() {
-        assert_eq!(seqs(&p.expect("history")), [1 + i as u64]);
+        assert_eq!(seqs(&p.expect("history")), [1 + i as u64 * gap]);
     }
     assert_eq!(c.in_flight(), 0);
 }
