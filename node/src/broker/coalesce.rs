@@ -174,8 +174,15 @@ impl Coalescing {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Joins the read of `topic` in flight in `table`, or starts one with `read`.
-    async fn single<T, R>(&self, table: &Table<T>, topic: &Topic, read: R) -> Result<T, BrokerError>
+    /// Joins the read of `topic` in flight in `table` (only if not sent yet, when
+    /// `fresh`), or starts one with `read`.
+    async fn single<T, R>(
+        &self,
+        table: &Table<T>,
+        topic: &Topic,
+        fresh: bool,
+        read: R,
+    ) -> Result<T, BrokerError>
     where
         T: Clone + Send + Sync + 'static,
         R: FnOnce(Arc<dyn Broker>, Topic) -> BoxFuture<'static, Result<T, BrokerError>>,
@@ -183,7 +190,7 @@ impl Coalescing {
         let shared = {
             let mut map = lock(table);
             match map.get(topic) {
-                Some(f) if !f.sent.load(Ordering::SeqCst) => f.read.clone(),
+                Some(f) if !(fresh && f.sent.load(Ordering::SeqCst)) => f.read.clone(),
                 // None, or one already sent (it stays with its waiters; this one
                 // takes its place in the table).
                 _ => {
@@ -269,14 +276,14 @@ impl Broker for Coalescing {
     }
 
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError> {
-        self.single(&self.states, topic, |inner, t| {
+        self.single(&self.states, topic, true, |inner, t| {
             async move { inner.state(&t).await }.boxed()
         })
         .await
     }
 
     async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
-        self.single(&self.heads, topic, |inner, t| {
+        self.single(&self.heads, topic, true, |inner, t| {
             async move { inner.head(&t).await }.boxed()
         })
         .await
@@ -327,8 +334,10 @@ impl Broker for Coalescing {
     }
 
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        // Arming is lasting, so any follow in flight will do (what was published
+        // before it is the caller's state or head read's business, read after).
         let unfollows = self.unfollows.clone();
-        self.single(&self.follows, topic, move |inner, t| {
+        self.single(&self.follows, topic, false, move |inner, t| {
             async move {
                 let seen = unfollows.load(Ordering::Acquire);
                 let r = inner.follow(&t).await;

@@ -350,6 +350,30 @@ async fn a_read_already_sent_is_not_joined_by_a_later_caller() {
 }
 
 #[tokio::test]
+async fn a_follow_in_flight_is_joined_even_once_sent() {
+    // Arming lasts: a later caller may share a follow that already went out.
+    let fake = Fake::with_head(1);
+    let c = Arc::new(Coalescing::new(fake.clone()));
+    let t = topic("p.a");
+    let gate = fake.gate.write().await;
+    let (c2, t2) = (c.clone(), t.clone());
+    let first = tokio::spawn(async move { c2.follow(&t2).await });
+    until(|| fake.follows.load(Ordering::SeqCst) == 1).await;
+    let (c3, t3) = (c.clone(), t.clone());
+    let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p2 = polled.clone();
+    let later = tokio::spawn(async move {
+        p2.store(true, Ordering::SeqCst);
+        c3.follow(&t3).await
+    });
+    until(|| polled.load(Ordering::SeqCst)).await;
+    drop(gate);
+    assert!(first.await.expect("join").is_ok());
+    assert!(later.await.expect("join").is_ok());
+    assert_eq!(fake.follows.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn distinct_history_reads_of_one_topic_are_capped_in_the_table() {
     let n = MAX_HISTORY_FLIGHTS + 4;
     let gap = MAX_HISTORY_SPAN + 1;
