@@ -3,7 +3,7 @@
 # given, for each storm shape (2000 clients on 20 topics, 5000 clients on 1), RUNS
 # runs alternating between the binaries. Node A is killed 4 s in; every client
 # resumes on node B. JSON results in OUT_DIR, a summary at the end (medians, min-max).
-# Starts its own Redis (port 6392) and nodes (18091, 18092).
+# Starts its own Redis (port $REDIS_PORT, default 6392) and nodes (18091, 18092).
 #
 #   loadtest/bench-storm.sh OUT_DIR RUNS NAME=NODE_BINARY [NAME=NODE_BINARY…]
 #   e.g. loadtest/bench-storm.sh /tmp/storm 3 before=/tmp/sluice-before after=target/release/sluice
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 out="$1"; runs="$2"; shift 2
 mkdir -p "$out"
 lt=${LOADTEST:-target/release/sluice-loadtest}
-redis_port=6392 redis="redis://127.0.0.1:6392"
+redis_port=${REDIS_PORT:-6392} redis="redis://127.0.0.1:${REDIS_PORT:-6392}"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
