@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod attack;
 pub mod baseline;
 pub mod cli;
+pub mod commandstats;
 pub mod fleet;
 pub mod latency;
 pub mod payload;

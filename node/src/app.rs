@@ -13,7 +13,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    broker::{memory::MemoryBroker, redis::RedisBroker, Broker},
+    broker::{coalesce::Coalescing, memory::MemoryBroker, redis::RedisBroker, Broker},
     config::Config,
     http,
     hub::Hub,
@@ -57,16 +57,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             }));
             memory
         }
-        Some(url) => RedisBroker::connect(
-            url,
-            &config.redis,
-            hub.clone(),
-            metrics.clone(),
-            config.history_size,
-            config.history_ttl,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
+        // Concurrent reads of one topic share one Redis read (a resume storm costs
+        // a read per topic, not per client); the memory broker's reads are a lock
+        // away and gain nothing.
+        Some(url) => Arc::new(Coalescing::new(
+            RedisBroker::connect(
+                url,
+                &config.redis,
+                hub.clone(),
+                metrics.clone(),
+                config.history_size,
+                config.history_ttl,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
     };
     // The hub tells the broker which topics to follow.
     hub.attach(&broker);

@@ -292,6 +292,9 @@ mod tests {
         async fn state(&self, _: &Topic) -> Result<TopicState, BrokerError> {
             Ok(TopicState::default())
         }
+        async fn head(&self, _: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
+            Ok(None)
+        }
         async fn history(&self, _: &Topic, _: u64, _: usize) -> Result<Vec<Pub>, BrokerError> {
             Ok(Vec::new())
         }

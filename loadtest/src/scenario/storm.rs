@@ -1,7 +1,9 @@
-//! `storm`: every client follows one topic on node A while an engine publishes;
-//! A is killed or drained mid-run; every client reconnects to another node and
-//! resumes from its last seq. Reports the time until all are back and caught up,
-//! the reconnect+resume rate, and the usual loss and duplicate accounting.
+//! `storm`: every client follows one of `--topics` topics on node A while an engine
+//! publishes to them in turn; A is killed or drained mid-run; every client
+//! reconnects to another node and resumes from its last seq. Reports the time until
+//! all are back and caught up, the reconnect+resume rate, the Redis commands the
+//! storm caused (`INFO commandstats`, less what the publishes meanwhile explain),
+//! and the usual loss and duplicate accounting.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
@@ -11,6 +13,7 @@ use std::{
 use anyhow::{bail, ensure, Context};
 
 use crate::{
+    commandstats::{self, Calls},
     fleet::{Fleet, Shared},
     payload::{self, Stamp},
     report::Report,
@@ -63,7 +66,7 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         opt.action_at < cfg.duration,
         "--action-at must fall inside --duration"
     );
-    let topics = topic_names(1);
+    let topics = topic_names(cfg.topics);
     let origin = Instant::now();
     let fleet = Fleet::start(cfg.fleet(topics.clone(), true), origin)?;
     let shared = fleet.shared.clone();
@@ -82,6 +85,19 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         Publish::connect(cfg.system, cfg.redis.as_deref(), &cfg.http, &cfg.urls[0]).await?;
     let redis = redis_stats_client(cfg.redis.as_deref()).await;
     let meter = CpuMeter::start(&cfg.server_pids, redis.as_ref()).await;
+    // Redis commands: publishing alone until the action, then the storm on top.
+    let stats = |r: Option<&fred::clients::Client>| {
+        let r = r.cloned();
+        async move {
+            match r {
+                Some(r) => commandstats::sample(&r).await,
+                None => None,
+            }
+        }
+    };
+    let at_start = stats(redis.as_ref()).await;
+    let mut at_action: Option<Calls> = None;
+    let mut per_topic = vec![0u64; topics.len()];
     let schedule = RateSchedule::new(cfg.rate, cfg.duration);
     let start = Instant::now();
     shared.window_end_ns.store(
@@ -97,6 +113,7 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         let due = start + schedule.due(i);
         tokio::time::sleep_until(due.into()).await;
         if acted.is_none() && due.duration_since(start) >= opt.action_at {
+            at_action = stats(redis.as_ref()).await;
             act(&opt.action)?;
             let at = Instant::now();
             acted = Some((at, ok));
@@ -105,19 +122,23 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
                 shared.clone(),
                 watched.clone(),
                 at,
-                ok,
+                per_topic.clone(),
             )));
         }
+        let t = (i % topics.len() as u64) as usize;
         let body = payload::build(
             Stamp {
-                topic: 0,
-                seq: ok + 1,
+                topic: t as u32,
+                seq: per_topic[t] + 1,
                 sent_ns: due.duration_since(origin).as_nanos() as u64,
             },
             cfg.payload,
         );
-        match publisher.publish(&topics[0], &body).await {
-            Ok(()) => ok += 1,
+        match publisher.publish(&topics[t], &body).await {
+            Ok(()) => {
+                ok += 1;
+                per_topic[t] += 1;
+            }
             Err(e) => {
                 errors += 1;
                 first_error.get_or_insert_with(|| format!("publish: {e:#}"));
@@ -129,10 +150,13 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     let (acted_at, head_at_action) = acted.context("the action never ran")?;
     // Then wait (up to the drain time) until nothing is owed at all.
     let limit = Instant::now() + cfg.drain;
-    let subscribers = shared.subscribers[0].load(Relaxed);
-    while shared.unique() < subscribers * ok && Instant::now() < limit {
+    let subscribers: Vec<u64> = shared.subscribers.iter().map(|s| s.load(Relaxed)).collect();
+    let owed: u64 = subscribers.iter().zip(&per_topic).map(|(s, n)| s * n).sum();
+    while shared.unique() < owed && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Every client is caught up (or the drain time is over): the storm is done.
+    let at_end = stats(redis.as_ref()).await;
     let (all_back, caught_up) = match monitor {
         Some(m) => {
             m.abort();
@@ -152,10 +176,10 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     let server_errors = shared.server_errors.load(Relaxed);
     let out = fleet.stop()?;
     let mut report = cfg.report("storm");
-    report.topics = 1;
+    report.topics = topics.len() as u64;
     report.published = ok + errors;
     report.publish_errors = errors;
-    account(&mut report, &out, &[subscribers], &[ok], cfg.duration);
+    account(&mut report, &out, &subscribers, &per_topic, cfg.duration);
     report.connect_errors = connect_errors;
     report.disconnects = disconnects;
     report.server_errors = server_errors;
@@ -168,6 +192,24 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
     x.insert("reconnected".into(), resubscribed.into());
     x.insert("reconnect_errors".into(), shared_reconnect_errors.into());
     let _ = acted_at;
+    if let (Some(a), Some(b), Some(c)) = (&at_start, &at_action, &at_end) {
+        let before = commandstats::delta(a, b);
+        let during = commandstats::delta(b, c);
+        let storm =
+            commandstats::beyond_publishing(&during, ok - head_at_action, &before, head_at_action);
+        let (reads, total) = commandstats::reads(&storm);
+        x.insert(
+            "redis_calls_before_action".into(),
+            serde_json::json!(before),
+        );
+        x.insert("redis_calls_after_action".into(), serde_json::json!(during));
+        x.insert("redis_storm_reads".into(), serde_json::json!(reads));
+        x.insert("redis_storm_reads_total".into(), total.into());
+        x.insert(
+            "redis_storm_reads_per_topic".into(),
+            ((total as f64 / topics.len() as f64 * 10.0).round() / 10.0).into(),
+        );
+    }
     if let Some(t) = all_back {
         x.insert("all_resubscribed_ms".into(), ms(t).into());
     }
@@ -194,18 +236,24 @@ async fn watch_recovery(
     shared: Arc<Shared>,
     out: Arc<Mutex<(Option<Duration>, Option<Duration>)>>,
     at: Instant,
-    head: u64,
+    heads: Vec<u64>,
 ) {
-    let subscribers = shared.subscribers[0].load(Relaxed) as usize;
+    let subscribers: usize = shared
+        .subscribers
+        .iter()
+        .map(|s| s.load(Relaxed) as usize)
+        .sum();
     loop {
         let (lost, back) = (
             shared.disconnects.load(Relaxed),
             shared.resubscribed.load(Relaxed),
         );
+        // Connection i follows topic i % topics (as the fleet assigns them).
         let caught = shared
             .highest
             .iter()
-            .filter(|h| h.load(Relaxed) >= head)
+            .enumerate()
+            .filter(|(i, h)| h.load(Relaxed) >= heads[i % heads.len()])
             .count();
         if let Ok(mut o) = out.lock() {
             // Every subscriber lost its connection (a drain spreads that over

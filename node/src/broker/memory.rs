@@ -181,6 +181,14 @@ impl Broker for MemoryBroker {
         })
     }
 
+    async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
+        let Some(log) = self.live_log(topic) else {
+            return Ok(None);
+        };
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(StreamPosition::new(log.seq, &*log.epoch)))
+    }
+
     async fn history(
         &self,
         topic: &Topic,
@@ -284,7 +292,11 @@ mod tests {
         assert_eq!(h.iter().map(|p| p.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(b.history(&t, 4, 1).await.unwrap()[0].seq, 4);
         let st = b.state(&t).await.unwrap();
-        assert_eq!(st.position, Some(StreamPosition::new(5, epoch)));
+        assert_eq!(st.position, Some(StreamPosition::new(5, epoch.clone())));
+        assert_eq!(
+            b.head(&t).await.unwrap(),
+            Some(StreamPosition::new(5, epoch))
+        );
         let snap = st.snapshot.unwrap();
         assert_eq!(snap.seq, 4);
         assert!(snap.frame.as_str().contains(r#""type":"snapshot""#));
@@ -303,6 +315,7 @@ mod tests {
             Err(BrokerError::Invalid(_))
         ));
         assert_eq!(b.state(&t).await.unwrap().position, None);
+        assert_eq!(b.head(&t).await.unwrap(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@
 //! returns publications of the current epoch only; `follow` returns once live
 //! publications of the topic flow into the hub.
 
+pub mod coalesce;
 pub mod memory;
 pub mod redis;
 
@@ -75,6 +76,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The topic's head position and snapshot, read atomically.
     async fn state(&self, topic: &Topic) -> Result<TopicState, BrokerError>;
 
+    /// The topic's head position alone (`None` for a topic with no messages): what a
+    /// resume needs to decide, without the snapshot a successful resume never sends.
+    async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError>;
+
     /// Up to `limit` publications of the current epoch with `seq >= from`, in order.
     /// The first one's seq is greater than `from` when older ones were trimmed.
     async fn history(
@@ -111,4 +116,21 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// The records of every live node.
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError>;
+}
+
+/// The topic's position, and its snapshot only when `with_snapshot` (a reader that
+/// will not send the snapshot reads the head alone).
+pub async fn read_state(
+    broker: &dyn Broker,
+    topic: &Topic,
+    with_snapshot: bool,
+) -> Result<TopicState, BrokerError> {
+    if with_snapshot {
+        return broker.state(topic).await;
+    }
+    let position = broker.head(topic).await?;
+    Ok(TopicState {
+        position,
+        snapshot: None,
+    })
 }

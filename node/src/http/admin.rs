@@ -202,8 +202,8 @@ pub async fn topics(
     authorize(&st, &headers)?;
     let mut topics = Map::new();
     for (topic, count) in st.hub.topic_counts() {
-        let head = match st.broker.state(&topic).await {
-            Ok(s) => json!(s.position.map_or(0, |p| p.seq)),
+        let head = match st.broker.head(&topic).await {
+            Ok(p) => json!(p.map_or(0, |p| p.seq)),
             Err(_) => Value::Null,
         };
         topics.insert(

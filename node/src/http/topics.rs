@@ -37,7 +37,7 @@ pub async fn state(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let topic = authorize(&st, &topic, &q, &headers)?;
-    let (epoch, head, ts) = existing(&st, &topic).await?;
+    let (epoch, head, ts) = existing(&st, &topic, true).await?;
     let snapshot = ts
         .snapshot
         .filter(|s| *s.epoch == *epoch)
@@ -60,7 +60,7 @@ pub async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let topic = authorize(&st, &topic, &q, &headers)?;
     let window = Window::parse(&q)?;
-    let (epoch, head, _) = existing(&st, &topic).await?;
+    let (epoch, head, _) = existing(&st, &topic, false).await?;
     let from = window.from(head);
     let page = st
         .broker
@@ -140,10 +140,17 @@ fn recovered(from: u64, head: u64, first: Option<u64>) -> bool {
     }
 }
 
-/// The topic's state, or 404 when it has no messages (it never existed, or its
+/// The topic's state (its snapshot only when `with_snapshot`: the history route
+/// needs the head alone), or 404 when it has no messages (it never existed, or its
 /// history expired with nothing left).
-async fn existing(st: &AppState, topic: &Topic) -> Result<(String, u64, TopicState), ApiError> {
-    let ts = st.broker.state(topic).await.map_err(broker_error)?;
+async fn existing(
+    st: &AppState,
+    topic: &Topic,
+    with_snapshot: bool,
+) -> Result<(String, u64, TopicState), ApiError> {
+    let ts = crate::broker::read_state(&*st.broker, topic, with_snapshot)
+        .await
+        .map_err(broker_error)?;
     match &ts.position {
         Some(p) => Ok((p.epoch.clone(), p.seq, ts.clone())),
         None => Err(ApiError::new(

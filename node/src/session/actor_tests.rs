@@ -321,3 +321,6 @@ async fn in_background_mode_an_alert_is_not_conflated_or_held_for_the_tick() {
         t0.elapsed()
     );
 }
+
+#[path = "snapshot_reads_tests.rs"]
+mod snapshot_reads;

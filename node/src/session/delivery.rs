@@ -23,7 +23,12 @@ use super::{
     subscribe::Refusal,
     SessionEnd,
 };
-use crate::{broker::BrokerError, config::TopicClass, hub::JoinError, publication::Pub};
+use crate::{
+    broker::{read_state, BrokerError},
+    config::TopicClass,
+    hub::JoinError,
+    publication::Pub,
+};
 
 /// Publications fetched from history per request.
 const PAGE: usize = 500;
@@ -219,7 +224,11 @@ where
                 ..SubState::default()
             },
         );
-        let state = match self.ctx.broker.state(&topic).await {
+        // A resume reads the head alone; the snapshot is read below only if the
+        // resume fails, since only then is it sent. (The hub's join armed live
+        // delivery already.)
+        let resuming = entry.resume_from_seq.is_some();
+        let mut state = match read_state(&*self.ctx.broker, &topic, !resuming).await {
             Ok(s) => s,
             Err(e) => {
                 self.unsubscribe(&topic);
@@ -227,8 +236,9 @@ where
                 return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
             }
         };
-        let head = state.position.as_ref().map_or(0, |p| p.seq);
-        let epoch: Option<Arc<str>> = state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
+        let mut head = state.position.as_ref().map_or(0, |p| p.seq);
+        let mut epoch: Option<Arc<str>> =
+            state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
 
         // Resume when the client's position is still in the retained history.
         let plan = Position::resume(
@@ -258,6 +268,21 @@ where
             }
             Resume::Mismatch => None,
         };
+        if resuming && replay.is_none() {
+            // The snapshot will be sent: read it now, with the head it belongs to (one
+            // atomic read), and go on from there as a first subscribe does. Whatever
+            // was published since the first read is queued in the outbox by seq.
+            state = match read_state(&*self.ctx.broker, &topic, true).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unsubscribe(&topic);
+                    let msg = format!("could not subscribe: {e}");
+                    return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
+                }
+            };
+            head = state.position.as_ref().map_or(0, |p| p.seq);
+            epoch = state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
+        }
 
         let ack = ServerFrame::new(FrameType::Ack)
             .with_topic(topic.as_str())
@@ -306,8 +331,8 @@ where
         opts: FrameOptions,
         correlation_id: Option<serde_json::Value>,
     ) -> Result<Option<Refusal>, SessionEnd> {
-        let state = match self.ctx.broker.state(topic).await {
-            Ok(s) => s,
+        let position = match self.ctx.broker.head(topic).await {
+            Ok(p) => p,
             Err(e) => {
                 let msg = format!("could not subscribe: {e}");
                 return Ok(Some(Refusal::new(
@@ -317,8 +342,8 @@ where
                 )));
             }
         };
-        let head = state.position.as_ref().map_or(0, |p| p.seq);
-        let epoch = state.position.map(|p| p.epoch);
+        let head = position.as_ref().map_or(0, |p| p.seq);
+        let epoch = position.map(|p| p.epoch);
         let Some(sub) = self.subs.get_mut(topic) else {
             return Ok(None);
         };

@@ -24,8 +24,8 @@ use std::{
 use fred::{
     clients::{Client, Pool},
     interfaces::{
-        ClientLike, FunctionInterface, KeysInterface, SortedSetsInterface, StreamsInterface,
-        TransactionInterface,
+        ClientLike, FunctionInterface, HashesInterface, KeysInterface, SortedSetsInterface,
+        StreamsInterface, TransactionInterface,
     },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -296,6 +296,20 @@ impl Broker for RedisBroker {
             position: Some(StreamPosition { seq, epoch }),
             snapshot,
         })
+    }
+
+    async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
+        // One HMGET is atomic: the seq and the epoch it counts in.
+        let (seq, epoch): (Option<u64>, Option<String>) = self
+            .pool
+            .next()
+            .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
+            .await
+            .map_err(unavailable)?;
+        Ok(epoch.filter(|e| !e.is_empty()).map(|epoch| StreamPosition {
+            seq: seq.unwrap_or(0),
+            epoch,
+        }))
     }
 
     async fn history(
