@@ -35,11 +35,11 @@ struct Recorder {
 
 impl Sink for Recorder {
     fn wants(&self, topic: &str) -> bool {
-        self.wants.lock().unwrap().contains(topic)
+        self.wants.lock().expect("recorder lock").contains(topic)
     }
 
     fn deliver(&self, p: &Pub) -> usize {
-        let mut got = self.got.lock().unwrap();
+        let mut got = self.got.lock().expect("recorder lock");
         got.push((p.topic.as_str().to_owned(), p.seq, p.epoch.to_string()));
         1
     }
@@ -47,7 +47,7 @@ impl Sink for Recorder {
 
 impl Recorder {
     fn of(&self, topic: &str) -> Vec<u64> {
-        let got = self.got.lock().unwrap();
+        let got = self.got.lock().expect("recorder lock");
         got.iter()
             .filter(|(t, _, _)| t == topic)
             .map(|(_, s, _)| *s)
@@ -55,7 +55,7 @@ impl Recorder {
     }
 
     fn total(&self) -> usize {
-        self.got.lock().unwrap().len()
+        self.got.lock().expect("recorder lock").len()
     }
 
     async fn wait_for(&self, topic: &str, n: usize) {
@@ -93,23 +93,28 @@ async fn node(redis: &TestRedis) -> Node {
 
 impl Node {
     async fn follow(&self, topic: &str) {
-        self.sink.wants.lock().unwrap().insert(topic.to_owned());
+        self.sink
+            .wants
+            .lock()
+            .expect("recorder lock")
+            .insert(topic.to_owned());
         self.broker
-            .follow(&Topic::parse(topic).unwrap())
+            .follow(&Topic::parse(topic).expect("valid topic"))
             .await
-            .unwrap();
+            .expect("redis answers");
     }
 
     fn unfollow(&self, topic: &str) {
-        self.sink.wants.lock().unwrap().remove(topic);
-        self.broker.unfollow(&Topic::parse(topic).unwrap());
+        self.sink.wants.lock().expect("recorder lock").remove(topic);
+        self.broker
+            .unfollow(&Topic::parse(topic).expect("valid topic"));
     }
 }
 
 async fn publish(c: &Client, topic: &str, i: u64) -> (u64, String) {
     c.fcall("sluice_publish", topic, vec![format!(r#"{{"i":{i}}}"#)])
         .await
-        .unwrap()
+        .expect("redis answers")
 }
 
 /// Appends the topic's next entry exactly as `sluice_publish` does, but without
@@ -125,21 +130,28 @@ async fn publish_unseen(c: &Client, topic: &str) -> u64 {
         format!("sluice:{{{topic}}}:meta"),
         format!("sluice:{{{topic}}}:stream"),
     ];
-    c.eval(script, keys, Vec::<String>::new()).await.unwrap()
+    c.eval(script, keys, Vec::<String>::new())
+        .await
+        .expect("redis answers")
 }
 
 async fn shard_subscribers(c: &Client, topics: &[&str]) -> Vec<i64> {
     let mut args = vec!["SHARDNUMSUB".to_owned()];
     args.extend(topics.iter().map(|t| format!("sluice:{{{t}}}:live")));
-    let v: Vec<Value> = c.custom(fred::cmd!("PUBSUB"), args).await.unwrap();
-    v.chunks(2).map(|p| p[1].as_i64().unwrap()).collect()
+    let v: Vec<Value> = c
+        .custom(fred::cmd!("PUBSUB"), args)
+        .await
+        .expect("redis answers");
+    v.chunks(2)
+        .map(|p| p[1].as_i64().expect("redis answers"))
+        .collect()
 }
 
 async fn shard_channels(c: &Client) -> Vec<String> {
     let mut v: Vec<String> = c
         .custom(fred::cmd!("PUBSUB"), vec!["SHARDCHANNELS"])
         .await
-        .unwrap();
+        .expect("redis answers");
     v.sort();
     v
 }
@@ -149,12 +161,12 @@ async fn calls(c: &Client, command: &str) -> u64 {
     let info: String = c
         .custom(fred::cmd!("INFO"), vec!["commandstats"])
         .await
-        .unwrap();
+        .expect("redis answers");
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+        .map_or(0, |n| n.parse().expect("redis answers"))
 }
 
 fn seqs(from: u64, to: u64) -> Vec<u64> {
@@ -232,7 +244,7 @@ async fn a_dropped_subscriber_connection_loses_nothing_for_a_quiet_topic() {
     let _: () = tx
         .custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"])
         .await
-        .unwrap();
+        .expect("redis answers");
     for i in 4..=5 {
         let payload = format!(r#"{{"i":{i}}}"#);
         let _: () = tx
@@ -241,9 +253,9 @@ async fn a_dropped_subscriber_connection_loses_nothing_for_a_quiet_topic() {
                 vec!["sluice_publish", "1", "live.quiet", &payload],
             )
             .await
-            .unwrap();
+            .expect("redis answers");
     }
-    let done: Vec<Value> = tx.exec(true).await.unwrap();
+    let done: Vec<Value> = tx.exec(true).await.expect("redis answers");
     assert_eq!(
         done[0].as_i64(),
         Some(1),
@@ -312,14 +324,14 @@ async fn an_epoch_change_on_the_live_path_restarts_at_the_new_epochs_first_seq()
     let _: i64 = c
         .custom(fred::cmd!("DEL"), vec!["sluice:{live.epoch}:meta"])
         .await
-        .unwrap();
+        .expect("redis answers");
     let (one, new_epoch) = publish(&c, "live.epoch", 1).await;
     assert_eq!(one, 1);
     // The new epoch's 2 is never seen live; its 3 is, after a jump.
     assert_eq!(publish_unseen(&c, "live.epoch").await, 2);
     assert_eq!(publish(&c, "live.epoch", 3).await.0, 3);
     n.sink.wait_for("live.epoch", 6).await;
-    let got = n.sink.got.lock().unwrap().clone();
+    let got = n.sink.got.lock().expect("recorder lock").clone();
     let old_epoch = got[0].2.clone();
     assert_ne!(old_epoch, new_epoch);
     let want: Vec<(u64, &str)> = vec![
@@ -345,7 +357,7 @@ async fn history_covered_by_the_tail_reads_redis_zero_times() {
     let redis = TestRedis::start().await;
     redis.flushall().await;
     let n = node(&redis).await;
-    let topic = Topic::parse("live.tail").unwrap();
+    let topic = Topic::parse("live.tail").expect("valid topic");
     let c = redis.client().await;
     // 10 published before the node follows: only Redis has them.
     for i in 1..=10 {
@@ -362,22 +374,37 @@ async fn history_covered_by_the_tail_reads_redis_zero_times() {
         vec![("live.tail".to_owned(), 256)]
     );
     let reads = calls(&c, "fcall_ro").await;
-    let page = n.broker.history(&topic, 45, 1000).await.unwrap();
+    let page = n
+        .broker
+        .history(&topic, 45, 1000)
+        .await
+        .expect("redis answers");
     assert_eq!(
         page.iter().map(|p| p.seq).collect::<Vec<_>>(),
         seqs(45, 300)
     );
-    let page = n.broker.history(&topic, 290, 5).await.unwrap();
+    let page = n
+        .broker
+        .history(&topic, 290, 5)
+        .await
+        .expect("redis answers");
     assert_eq!(
         page.iter().map(|p| p.seq).collect::<Vec<_>>(),
         seqs(290, 294)
     );
     for _ in 0..100 {
-        n.broker.history(&topic, 100, 500).await.unwrap();
+        n.broker
+            .history(&topic, 100, 500)
+            .await
+            .expect("redis answers");
     }
     assert_eq!(calls(&c, "fcall_ro").await, reads, "all served from memory");
     // Older than the tail: Redis answers once.
-    let page = n.broker.history(&topic, 44, 1000).await.unwrap();
+    let page = n
+        .broker
+        .history(&topic, 44, 1000)
+        .await
+        .expect("redis answers");
     assert_eq!(
         page.iter().map(|p| p.seq).collect::<Vec<_>>(),
         seqs(44, 300)
@@ -385,7 +412,10 @@ async fn history_covered_by_the_tail_reads_redis_zero_times() {
     assert_eq!(calls(&c, "fcall_ro").await, reads + 1);
     n.unfollow("live.tail");
     assert!(n.broker.followed_topics().is_empty());
-    n.broker.history(&topic, 290, 5).await.unwrap();
+    n.broker
+        .history(&topic, 290, 5)
+        .await
+        .expect("redis answers");
     assert_eq!(
         calls(&c, "fcall_ro").await,
         reads + 2,
@@ -400,7 +430,7 @@ async fn a_history_read_from_redis_fills_the_tail_for_the_next_resume() {
     let redis = TestRedis::start().await;
     redis.flushall().await;
     let n = node(&redis).await;
-    let topic = Topic::parse("live.fill").unwrap();
+    let topic = Topic::parse("live.fill").expect("valid topic");
     let c = redis.client().await;
     for i in 1..=20 {
         publish(&c, "live.fill", i).await;
@@ -412,14 +442,22 @@ async fn a_history_read_from_redis_fills_the_tail_for_the_next_resume() {
     );
     let reads = calls(&c, "fcall_ro").await;
     // The first resume from 5 reads Redis and joins 5..=20 to the empty tail.
-    let first = n.broker.history(&topic, 5, 100).await.unwrap();
+    let first = n
+        .broker
+        .history(&topic, 5, 100)
+        .await
+        .expect("redis answers");
     assert_eq!(first.iter().map(|p| p.seq).collect::<Vec<_>>(), seqs(5, 20));
     assert_eq!(
         n.broker.followed_topics(),
         vec![("live.fill".to_owned(), 16)]
     );
     for _ in 0..50 {
-        let again = n.broker.history(&topic, 5, 100).await.unwrap();
+        let again = n
+            .broker
+            .history(&topic, 5, 100)
+            .await
+            .expect("redis answers");
         assert_eq!(again.len(), 16);
     }
     assert_eq!(

@@ -54,6 +54,8 @@ const POOL_SIZE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands on the pool fail after this long instead of waiting for a reconnect.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for each connection's QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consecutive failed probes that mark Redis unreachable.
 const PROBE_FAILURES_FOR_DOWN: u32 = 2;
 /// How often connectivity is probed.
@@ -187,11 +189,10 @@ impl RedisBroker {
             }
             _ => warn!(url = %shown, "Redis is unreachable; starting not ready and retrying"),
         }
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            broker.live.clone().run(sink.clone(), broker.stop.clone()),
-        ));
-        tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
+        let tasks = vec![
+            tokio::spawn(broker.live.clone().run(sink.clone(), broker.stop.clone())),
+            tokio::spawn(broker.clone().watch_health(metrics)),
+        ];
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(broker)
     }
@@ -438,9 +439,20 @@ impl Broker for RedisBroker {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        let _ = self.pool.quit().await;
-        let _ = self.probe.quit().await;
-        let _ = self.live.client().quit().await;
+        // A QUIT waits for its answer; a connection still reconnecting never gives one.
+        let quit = |what: &'static str, f: futures_util::future::BoxFuture<'static, _>| async move {
+            if tokio::time::timeout(QUIT_TIMEOUT, f).await.is_err() {
+                warn!(connection = what, "QUIT got no answer; closing anyway");
+            }
+        };
+        let (pool, probe, live) = (
+            self.pool.clone(),
+            self.probe.clone(),
+            self.live.client().clone(),
+        );
+        quit("pool", Box::pin(async move { pool.quit().await })).await;
+        quit("probe", Box::pin(async move { probe.quit().await })).await;
+        quit("live", Box::pin(async move { live.quit().await })).await;
     }
 }
 

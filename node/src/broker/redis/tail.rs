@@ -138,8 +138,13 @@ impl Tail {
         }
     }
 
+    /// Publications held.
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }
 
@@ -195,7 +200,7 @@ mod tests {
         assert!(t.read(6, 100).is_none());
         let mut none = Tail::new(0);
         assert!(none.push(&p("e", 1)));
-        assert_eq!(none.len(), 0);
+        assert!(none.is_empty());
         assert!(none.read(1, 1).is_none());
     }
 
@@ -220,7 +225,7 @@ mod tests {
         ));
         assert_eq!(&*t.read(1, 1).unwrap()[0].epoch, "new");
         // An unknown position accepts only a first message.
-        let mut u = Tail::new(8);
+        let u = Tail::new(8);
         assert_eq!(u.fit(&p("e", 2)), Fit::Gap);
         assert_eq!(u.fit(&p("e", 1)), Fit::Next);
     }
