@@ -168,7 +168,9 @@ impl RedisBroker {
             .build()
             .map_err(unavailable)?;
         subscriber.connect();
-        let live = Live::new(subscriber, pool.clone(), tail::TAIL_SIZE);
+        // Never more than Redis keeps: a resume the stream could no longer serve must
+        // not be recovered from memory on one node and refused on another.
+        let live = Live::new(subscriber, pool.clone(), tail::TAIL_SIZE.min(history_size));
         let broker = Arc::new(RedisBroker {
             pool,
             probe,

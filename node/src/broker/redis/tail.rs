@@ -13,7 +13,9 @@ use crate::publication::Pub;
 
 /// Publications kept per followed topic: enough for a resume storm after a few
 /// seconds of a hot topic, small enough that 100k followed topics cost at most
-/// this many shared `Arc`s each (the frames are shared with the sessions).
+/// this many shared `Arc`s each (the frames are shared with the sessions). Capped
+/// at `SLUICE_HISTORY_SIZE`, so the tail never answers a resume that the stream
+/// (which keeps at least that many) would refuse.
 pub const TAIL_SIZE: usize = 256;
 
 /// Where a live publication stands against the tail.
