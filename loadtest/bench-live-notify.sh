@@ -37,6 +37,10 @@ out = out.replace('__HISTORY_SIZE__', '10000', 1).replace('__HISTORY_TTL__', '86
 open(sys.argv[2], 'w').write(out)
 PY
 
+# A previous run's servers may still be exiting.
+for port in 6391 6392; do
+    while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.2; done
+done
 for port in 6391 6392; do
     redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no >"$work/redis-$port.log" 2>&1 &
     pids+=($!)
@@ -63,11 +67,22 @@ for n in warm 0 1 2 3; do
         readers+=($!)
         pids+=($!)
     done
+    redis-cli -p 6391 config resetstat >/dev/null
     out=$("$lt" topics --url ws://127.0.0.1:18081/ws --redis redis://127.0.0.1:6391 --clients "$clients" \
         --topics "$topics" --rate "$rate" --duration "$duration" --publishers 1 --calibrate 0 \
         --json --quiet 2>"$work/lt-$n.log" | tail -1)
     cpu=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["redis_cpu_us_per_publish"])')
+    # As in bench-live.sh: FCALL (with its XADD) plus the readers' XREADs, per publish.
+    cmd=$(redis-cli -p 6391 info commandstats | PUBS=$(printf '%s' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["published"]-r["publish_errors"])') python3 -c '
+import os, sys
+usec = {}
+for line in sys.stdin:
+    if line.startswith("cmdstat_"):
+        name, rest = line.strip()[8:].split(":", 1)
+        usec[name] = float(dict(kv.split("=") for kv in rest.split(","))["usec"])
+pubs = int(os.environ["PUBS"])
+print("%.2f" % ((usec.get("fcall", 0) + usec.get("xread", 0) + usec.get("fcall_ro", 0)) / pubs))')
     [ "$warm" = warm ] ||
-    echo "notify-streams readers=$n redis_cpu_us_per_publish=$cpu"
+    echo "notify-streams readers=$n redis_cpu_us_per_publish=$cpu cmd_us_per_publish=$cmd"
     for p in "${readers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done

@@ -7,7 +7,8 @@
 # Starts its own Redis servers (ports 6391: measured, 6392: a decoy) and nodes
 # (18081..18083). "0 nodes" runs the same clients on a node of the decoy Redis, so
 # the measured Redis takes exactly the same publishes with nothing reading them.
-# Prints one line per node count: LABEL nodes=N redis_cpu_us_per_publish=X.
+# Prints one line per node count: LABEL nodes=N redis_cpu_us_per_publish=X (INFO
+# cpu) cmd_us_per_publish=Y (INFO commandstats).
 # Knobs (environment): CLIENTS (2000), TOPICS (1000), RATE (5000), DURATION (10s).
 set -euo pipefail
 
@@ -28,6 +29,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A previous run's servers may still be exiting.
+for port in 6391 6392; do
+    while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.2; done
+done
 for port in 6391 6392; do
     redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no >"$work/redis-$port.log" 2>&1 &
     pids+=($!)
@@ -68,13 +73,26 @@ for n in warm 0 1 2 3; do
             urls+=(--url "ws://127.0.0.1:$((18080 + i))/ws")
         done
     fi
+    redis-cli -p 6391 config resetstat >/dev/null
     out=$("$lt" topics "${urls[@]}" --redis redis://127.0.0.1:6391 --clients "$clients" \
         --topics "$topics" --rate "$rate" --duration "$duration" --publishers 1 --calibrate 0 \
         --json --quiet 2>"$work/lt-$n.log" | tail -1)
     [ -n "${KEEP:-}" ] && { echo "$out"; cat "$work/lt-$n.log"; }
     cpu=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["redis_cpu_us_per_publish"])')
     pubs=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["publishes_per_sec"])')
+    # Redis time inside commands (INFO commandstats, less noisy than INFO cpu but
+    # blind to socket writes): FCALL (the publish and its PUBLISH/SPUBLISH) plus the
+    # reads nodes make (XREAD, FCALL_RO), per publish.
+    cmd=$(redis-cli -p 6391 info commandstats | PUBS=$(printf '%s' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["published"]-r["publish_errors"])') python3 -c '
+import os, sys
+usec = {}
+for line in sys.stdin:
+    if line.startswith("cmdstat_"):
+        name, rest = line.strip()[8:].split(":", 1)
+        usec[name] = float(dict(kv.split("=") for kv in rest.split(","))["usec"])
+pubs = int(os.environ["PUBS"])
+print("%.2f" % ((usec.get("fcall", 0) + usec.get("xread", 0) + usec.get("fcall_ro", 0)) / pubs))')
     [ "$warm" = warm ] ||
-    echo "$label nodes=$n redis_cpu_us_per_publish=$cpu publishes_per_sec=$pubs"
+    echo "$label nodes=$n redis_cpu_us_per_publish=$cpu cmd_us_per_publish=$cmd publishes_per_sec=$pubs"
     for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done
