@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq`, `snap_ts` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
+//! | `sluice:{T}:live` | sharded pub/sub channel | every publish, `SPUBLISH`ed by the function: `<seq>\n<epoch>\n<type>\n<ts>\n<payload>`; only nodes following `T` subscribe |
 //! | `sluice:registry:{nodes}:<id>` | string (JSON), TTL | the cluster registry record of a live node |
 //! | `sluice:registry:{nodes}` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
 //!
@@ -23,6 +24,17 @@ pub fn meta(topic: &str) -> String {
 /// The stream holding a topic's retained history.
 pub fn stream(topic: &str) -> String {
     format!("sluice:{{{topic}}}:stream")
+}
+
+/// The sharded pub/sub channel on which `sluice_publish` sends each entry of a
+/// topic to the nodes that follow it (in the topic's slot, like its keys).
+pub fn live(topic: &str) -> String {
+    format!("sluice:{{{topic}}}:live")
+}
+
+/// Recovers the topic from a channel built by [`live`].
+pub fn topic_of_live(channel: &str) -> Option<&str> {
+    channel.strip_prefix("sluice:{")?.strip_suffix("}:live")
 }
 
 /// The index of registered nodes.
@@ -59,6 +71,9 @@ mod tests {
         assert_eq!(stream("prices.IN1"), "sluice:{prices.IN1}:stream");
         assert_eq!(topic_of_stream(&stream("a.b:c")), Some("a.b:c"));
         assert_eq!(topic_of_stream("other"), None);
+        assert_eq!(live("prices.IN1"), "sluice:{prices.IN1}:live");
+        assert_eq!(topic_of_live(&live("a.b:c")), Some("a.b:c"));
+        assert_eq!(topic_of_live(&stream("a")), None);
     }
 
     #[test]

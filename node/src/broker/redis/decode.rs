@@ -1,5 +1,6 @@
-//! Stream entries to publications: the one place that knows the entry fields
-//! (`e` epoch, `t` type, `p` payload, `ts` publish ms) the function library writes.
+//! Stream entries and live messages to publications: the one place that knows the
+//! entry fields (`e` epoch, `t` type, `p` payload, `ts` publish ms) and the live
+//! message layout the function library writes.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -27,6 +28,55 @@ impl EpochCache {
         self.epochs.insert(epoch.to_owned(), e.clone());
         e
     }
+}
+
+/// Why a live message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LiveError {
+    #[error("live message has fewer than 5 lines")]
+    Short,
+    #[error("live message seq is not a whole number of at least 1")]
+    Seq,
+    #[error("live message epoch is empty")]
+    Epoch,
+    #[error("live message type is not delta or alert")]
+    Kind,
+    #[error("live message publish time is not a whole number")]
+    Ts,
+}
+
+/// Decodes a message of a topic's live channel, as `sluice_publish` sends it with
+/// `SPUBLISH sluice:{T}:live`: five fields split by `\n`, the payload last (it may
+/// itself hold newlines), e.g. `"42\nhodyhjseay\ndelta\n1700000000123\n{\"bid\":1}"`.
+/// Only the payload is JSON, and it is checked without building a document.
+pub fn decode_live(topic: &Topic, msg: &[u8], epochs: &mut EpochCache) -> Result<Pub, LiveError> {
+    let mut parts = msg.splitn(5, |b| *b == b'\n');
+    let mut next = || parts.next().ok_or(LiveError::Short);
+    let (seq, epoch, kind, ts) = (next()?, next()?, next()?, next()?);
+    let payload = next()?;
+    let number = |b: &[u8]| -> Option<u64> {
+        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(b).ok()?.parse().ok()
+    };
+    let seq = number(seq).filter(|s| *s >= 1).ok_or(LiveError::Seq)?;
+    let epoch = std::str::from_utf8(epoch)
+        .ok()
+        .filter(|e| !e.is_empty())
+        .ok_or(LiveError::Epoch)?;
+    let kind = match kind {
+        b"delta" => FrameType::Delta,
+        b"alert" => FrameType::Alert,
+        _ => return Err(LiveError::Kind),
+    };
+    let ts = number(ts).ok_or(LiveError::Ts)? as i64;
+    Ok(checked(topic, seq, epochs.get(epoch), kind, ts, payload))
+}
+
+/// Whether `text` is one JSON document, checked without building it.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// Builds the publication for one entry; `None` if the entry is not one of ours.
@@ -63,7 +113,7 @@ pub(crate) fn snapshot(topic: &Topic, seq: u64, epoch: Arc<str>, ts: i64, doc: &
 /// JSON string.
 fn checked(topic: &Topic, seq: u64, epoch: Arc<str>, kind: FrameType, ts: i64, raw: &[u8]) -> Pub {
     let payload = String::from_utf8_lossy(raw);
-    if !sluice_common::protocol::is_json(&payload) {
+    if !is_json(&payload) {
         tracing::warn!(%topic, seq, "document in Redis is not valid JSON; delivering it as a string");
         let quoted = serde_json::Value::String(payload.into_owned()).to_string();
         return Publication::new(topic.clone(), seq, epoch, kind, ts, &quoted);
@@ -145,6 +195,72 @@ mod tests {
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
         assert_eq!(v["payload"], "1.");
+    }
+
+    fn live(topic: &Topic, msg: &[u8]) -> Result<Pub, LiveError> {
+        decode_live(topic, msg, &mut EpochCache::default())
+    }
+
+    #[test]
+    fn decodes_a_live_message_with_newlines_in_its_payload() {
+        let t = Topic::parse("prices.A").unwrap();
+        let p = live(&t, b"42\nep1\nalert\n1700000000123\n{\"a\":\n[1,\n2]}").unwrap();
+        assert_eq!(p.seq, 42);
+        assert_eq!(&*p.epoch, "ep1");
+        assert_eq!(p.kind, FrameType::Alert);
+        assert_eq!(p.published_ms, 1_700_000_000_123);
+        let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+        assert_eq!(v["payload"]["a"], serde_json::json!([1, 2]));
+        assert_eq!(v["topic"], "prices.A");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["epoch"], "ep1");
+        assert_eq!(v["type"], "alert");
+        let d = live(&t, b"1\ne\ndelta\n0\n7").unwrap();
+        assert_eq!((d.seq, d.kind), (1, FrameType::Delta));
+    }
+
+    #[test]
+    fn a_live_message_and_its_stream_entry_give_the_same_frame() {
+        let t = Topic::parse("a").unwrap();
+        let mut cache = EpochCache::default();
+        let from_live = decode_live(&t, b"7\nep\ndelta\n5\n{\"x\":1}", &mut cache).unwrap();
+        let from_stream = decode_entry(
+            &t,
+            "99-7",
+            &fields(&[("e", "ep"), ("t", "delta"), ("p", "{\"x\":1}"), ("ts", "5")]),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(from_live.frame.as_str(), from_stream.frame.as_str());
+        assert!(Arc::ptr_eq(&from_live.epoch, &from_stream.epoch));
+    }
+
+    #[test]
+    fn refuses_live_messages_that_are_not_ours() {
+        let t = Topic::parse("a").unwrap();
+        let cases: [(&[u8], LiveError); 9] = [
+            (b"", LiveError::Short),
+            (b"1\ne\ndelta\n5", LiveError::Short),
+            (b"0\ne\ndelta\n5\n1", LiveError::Seq),
+            (b"-1\ne\ndelta\n5\n1", LiveError::Seq),
+            (b"x\ne\ndelta\n5\n1", LiveError::Seq),
+            (b"99999999999999999999\ne\ndelta\n5\n1", LiveError::Seq),
+            (b"1\n\ndelta\n5\n1", LiveError::Epoch),
+            (b"1\ne\nsnapshot\n5\n1", LiveError::Kind),
+            (b"1\ne\ndelta\n5.5\n1", LiveError::Ts),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(
+                live(&t, msg).unwrap_err(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(msg)
+            );
+        }
+        // A payload that is not JSON still yields a valid frame (as a string).
+        let p = live(&t, b"1\ne\ndelta\n5\n{oops").unwrap();
+        let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
+        assert_eq!(v["payload"], "{oops");
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! snapshot lives in Redis, written by the `sluice` function library (`sluice.lua`),
 //! so any node can serve any client's resume.
 //!
-//! Connections: a small pool for ordinary commands (publish, state, history), one
-//! client per reader group for the stream reads, and one subscribed to the doorbell
-//! that `sluice_publish` rings (a subscribed connection can do nothing else).
+//! Connections: a small pool for ordinary commands (publish, state, history, the
+//! live path's catch-up reads), and one subscribed to the sharded channels of the
+//! topics this node follows (a subscribed connection can do nothing else), read by
+//! the live path ([`reader`]), which keeps each topic's recent publications in a
+//! bounded tail ([`tail`]) that serves history.
 
 // Public only so the fuzz targets (`fuzz/`) can drive the decoder directly.
 pub mod decode;
 mod errors;
 mod library;
 mod reader;
+pub mod tail;
 
 use std::{
     collections::HashMap,
@@ -25,7 +28,7 @@ use fred::{
     clients::{Client, Pool},
     interfaces::{
         ClientLike, FunctionInterface, HashesInterface, KeysInterface, SortedSetsInterface,
-        StreamsInterface, TransactionInterface,
+        TransactionInterface,
     },
     types::{
         config::{Config as RedisConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -45,7 +48,7 @@ use tracing::{info, warn};
 use self::{
     decode::{decode_entry, EpochCache},
     errors::{from_failure, parse_url, unavailable},
-    reader::ReaderGroup,
+    reader::Live,
 };
 use super::{Broker, BrokerError, PublishRequest, TopicState};
 use crate::metrics::Metrics;
@@ -55,8 +58,6 @@ use crate::publication::{Pub, Sink};
 const LIBRARY: &str = include_str!("sluice.lua");
 /// Connections in the pool for ordinary commands.
 const POOL_SIZE: usize = 4;
-/// Blocking reader connections; each covers the topics whose names hash to it.
-const READER_GROUPS: usize = 2;
 /// How long start-up waits for Redis before starting not ready.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands on the pool fail after this long instead of waiting for a reconnect.
@@ -88,10 +89,9 @@ pub struct RedisBroker {
     /// Its own connection for health probes, so a busy pool cannot delay them into
     /// a false "unreachable".
     probe: Client,
-    /// Subscribed to the doorbell that `sluice_publish` rings (pub/sub needs a
-    /// connection of its own).
-    doorbell: Client,
-    groups: Vec<Arc<ReaderGroup>>,
+    /// The live path: the subscribed connection, positions and tails of the
+    /// followed topics.
+    live: Arc<Live>,
     sink: Arc<dyn Sink>,
     library: String,
     /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
@@ -147,19 +147,18 @@ impl RedisBroker {
             .build()
             .map_err(unavailable)?;
         probe.connect();
-        let mut groups = Vec::with_capacity(READER_GROUPS);
-        for _ in 0..READER_GROUPS {
-            let client: Client = builder(&config, None).build().map_err(unavailable)?;
-            client.connect();
-            groups.push(ReaderGroup::new(client));
-        }
-        let doorbell: Client = builder(&config, None).build().map_err(unavailable)?;
-        doorbell.connect();
+        let subscriber: Client = builder(&config, None)
+            .with_performance_config(|p| p.broadcast_channel_capacity = reader::MESSAGE_BUFFER)
+            .build()
+            .map_err(unavailable)?;
+        subscriber.connect();
+        // Never more than Redis keeps: a resume the stream could no longer serve must
+        // not be recovered from memory on one node and refused on another.
+        let live = Live::new(subscriber, pool.clone(), tail::TAIL_SIZE.min(history_size));
         let broker = Arc::new(RedisBroker {
             pool,
             probe,
-            doorbell,
-            groups,
+            live,
             sink: sink.clone(),
             library: library_source(history_size, history_ttl),
             replica_wait: ReplicaWait::new(settings.replicas, settings.replica_timeout),
@@ -179,18 +178,10 @@ impl RedisBroker {
             }
             _ => warn!(url = %shown, "Redis is unreachable; starting not ready and retrying"),
         }
-        let mut tasks = Vec::new();
-        for g in &broker.groups {
-            tasks.push(tokio::spawn(
-                g.clone().run(sink.clone(), broker.stop.clone()),
-            ));
-        }
-        tasks.push(tokio::spawn(reader::doorbell(
-            broker.doorbell.clone(),
-            broker.groups.clone(),
-            broker.stop.clone(),
-        )));
-        tasks.push(tokio::spawn(broker.clone().watch_health(metrics)));
+        let tasks = vec![
+            tokio::spawn(broker.live.clone().run(sink.clone(), broker.stop.clone())),
+            tokio::spawn(broker.clone().watch_health(metrics)),
+        ];
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(broker)
     }
@@ -210,8 +201,7 @@ impl RedisBroker {
             probes = probes.wrapping_add(1);
             let ping =
                 tokio::time::timeout(Duration::from_secs(1), self.probe.ping::<String>(None)).await;
-            let answered = matches!(ping, Ok(Ok(_)))
-                && self.groups.iter().all(|g| reader::connected(g.client()));
+            let answered = matches!(ping, Ok(Ok(_))) && self.live.client().is_connected();
             // One slow probe under load is not an outage: two in a row are.
             failures = if answered { 0 } else { failures + 1 };
             let up = failures < PROBE_FAILURES_FOR_DOWN
@@ -243,8 +233,16 @@ impl RedisBroker {
         }
     }
 
-    fn group(&self, topic: &Topic) -> &Arc<ReaderGroup> {
-        &self.groups[reader::group_of(topic, self.groups.len())]
+    /// The followed topics and how many publications each one's tail holds.
+    pub fn followed_topics(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .live
+            .followed()
+            .into_iter()
+            .map(|(t, n)| (t.as_str().to_owned(), n))
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -318,6 +316,9 @@ impl Broker for RedisBroker {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Pub>, BrokerError> {
+        if let Some(page) = self.live.history(topic, from, limit) {
+            return Ok(page);
+        }
         let entries: Vec<(String, HashMap<String, bytes::Bytes>)> = self
             .pool
             .next()
@@ -329,34 +330,21 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         let mut epochs = EpochCache::default();
-        Ok(entries
+        let page: Vec<Pub> = entries
             .iter()
             .filter_map(|(id, fields)| decode_entry(topic, id, fields, &mut epochs))
-            .collect())
+            .collect();
+        // The next resume from the same place is answered from memory.
+        self.live.backfill(topic, &page);
+        Ok(page)
     }
 
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
-        let group = self.group(topic);
-        if group.is_following(topic) {
-            return Ok(());
-        }
-        // Start from the stream's newest entry: anything after it arrives live, and a
-        // subscriber's replay covers everything up to the head it reads next.
-        let last: Vec<(String, HashMap<String, String>)> = self
-            .pool
-            .next()
-            .xrevrange(keys::stream(topic.as_str()), "+", "-", Some(1))
-            .await
-            .map_err(unavailable)?;
-        let start = last
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
-        group.follow(topic, start).await
+        self.live.follow(topic).await
     }
 
     fn unfollow(&self, topic: &Topic) {
-        self.group(topic).unfollow(topic, &*self.sink);
+        self.live.unfollow(topic, &*self.sink);
     }
 
     fn is_connected(&self) -> bool {
@@ -440,10 +428,7 @@ impl Broker for RedisBroker {
         let quit = async {
             let _ = self.pool.quit().await;
             let _ = self.probe.quit().await;
-            let _ = self.doorbell.quit().await;
-            for g in &self.groups {
-                let _ = g.client().quit().await;
-            }
+            let _ = self.live.client().quit().await;
         };
         if tokio::time::timeout(QUIT_TIMEOUT, quit).await.is_err() {
             warn!("Redis did not answer QUIT within {QUIT_TIMEOUT:?}; leaving without it");

@@ -1,391 +1,405 @@
-//! Live reading of topic streams, rung by a doorbell.
+//! The live path: each published entry arrives on its topic's sharded pub/sub
+//! channel (`SPUBLISH sluice:{T}:live`), and a node subscribes (`SSUBSCRIBE`) only
+//! to the channels of the topics its sessions follow. A publish of a topic nobody
+//! follows costs Redis no work per node, and on Cluster the channel lives in the
+//! topic's slot, on the master that runs the publish.
 //!
-//! `sluice_publish` ends with `PUBLISH sluice:live <topic>`. One subscriber
-//! connection per node hears those and marks the topic dirty in its reader group;
-//! the group then reads, without blocking, just the dirty streams from the last id
-//! it has seen of each (never `$`), so the stream stays the only source of what is
-//! delivered and in which order, and a lost doorbell only delays a read: every
-//! followed topic is also read once a second, and all of them after the doorbell's
-//! connection comes back.
+//! The stream stays the source of truth. Per followed topic the reader keeps its
+//! position in a [`Tail`] and delivers a live message only when it is the next seq
+//! of the same epoch; a seq jump or another epoch makes it read the topic's stream
+//! (`sluice_history`, one key) from the position first. After the subscriber
+//! connection comes back (or the reader falls behind its messages) every followed
+//! topic is read from its position, so a quiet topic's last message does not wait
+//! for the next publish. Pub/sub may lose messages; the position never skips one.
 //!
-//! Why not one blocking `XREAD` over every followed stream: Redis pays for such a
-//! read in proportion to its keys (registering and unregistering the client on
-//! each, re-running the read over all of them), measured at ~1.3 ms per wake-up
-//! for 500 topics — per publish once topics are busy. A doorbell costs Redis one
-//! `PUBLISH`, and the read it triggers covers only the topics that changed.
+//! One task per node runs the reader: live messages, arming of new topics and
+//! catch-up reads are handled in that one order, so the hub sees each topic's
+//! publications in seq order without a lock held across an `.await`.
 
 use std::{
-    collections::{HashMap, HashSet},
-    hash::{Hash, Hasher},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use fred::{
-    clients::Client,
-    interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface},
+    clients::{Client, Pool},
+    interfaces::{EventInterface, HashesInterface, PubsubInterface},
+    types::{Message, MessageKind, Value},
 };
-use sluice_common::{keys, Topic};
-use tokio::sync::{broadcast::error::RecvError, watch};
+use sluice_common::{keys, redact, Topic};
+use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::decode::{decode_entry, EpochCache};
-use crate::{broker::BrokerError, publication::Sink};
+mod catch_up;
 
-/// The cursor of a stream never seen to exist.
-const NEVER_SEEN: &str = "0-0";
-/// The channel `sluice_publish` rings with the topic's name.
-pub(super) const DOORBELL: &str = "sluice:live";
-/// Entries read per stream per call; a stream that returns this many is read again.
-const READ_COUNT: u64 = 1_000;
-/// Longest a read may take before the connection is presumed dead.
-const READ_DEADLINE: Duration = Duration::from_secs(5);
-/// Every followed topic is read at least this often, doorbell or not.
-const SWEEP: Duration = Duration::from_secs(1);
-/// Reads of one group start at most this often: under load each read takes every
-/// entry that arrived meanwhile, so Redis does a bounded number of reads a second.
-const MIN_READ_INTERVAL: Duration = Duration::from_micros(500);
-/// What `XREAD` returns: per stream key, its entries `(id, fields)`.
-type Streams = Vec<(String, Vec<(String, HashMap<String, bytes::Bytes>)>)>;
-/// How long `follow` waits for the reader to pick a topic up.
+use super::{
+    decode::{decode_live, EpochCache},
+    tail::{Fit, Tail},
+};
+use crate::{
+    broker::BrokerError,
+    publication::{Pub, Sink},
+};
+
+/// How long `follow` waits for the subscription and the arming.
 const ARM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Catch-up reads of many topics (after a reconnect) run this many at a time.
+const CATCH_UP_CONCURRENCY: usize = 64;
+/// Live messages of a topic kept while its position is being read; beyond that
+/// the arming reads the stream instead.
+const EARLY_MAX: usize = 1_024;
+/// A topic whose catch-up read failed is read again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+/// Pub/sub messages fred buffers for the reader task before it counts as lagging
+/// (and reads every followed stream): fred's default of 32 is one burst.
+pub(super) const MESSAGE_BUFFER: usize = 65_536;
 
-/// Streams one sweep read covers at most: a node following 100k topics sweeps
-/// them in reads of this many keys (Redis pays per key on every read, and one
-/// command of 100k keys would hold it for tens of milliseconds).
-const SWEEP_CHUNK: usize = 500;
-
-#[derive(Debug, Default)]
-struct Cursors {
-    /// Followed topics and the id of the last entry read from each. `0-0` marks a
-    /// stream never seen to exist: the sweep skips it (a doorbell announces its
-    /// first entry), so a made-up topic costs Redis nothing per second.
-    topics: HashMap<Topic, String>,
-    /// Followed topics with news (or possibly news) to read.
-    dirty: HashSet<Topic>,
-    /// Read every followed topic next time.
-    all_dirty: bool,
-    /// Bumped on every change, so `follow` can wait for a read that includes its topic.
-    generation: u64,
-}
-
-/// One reader connection and the topics it covers.
 #[derive(Debug)]
-pub(super) struct ReaderGroup {
-    client: Client,
-    cursors: Mutex<Cursors>,
-    /// The generation of the topic set of the read last started.
-    reading: watch::Sender<u64>,
-    changed: tokio::sync::Notify,
+struct Followed {
+    /// The position reached, and the recent publications.
+    tail: Tail,
+    /// Whether the position has been read; until then live messages wait in `early`.
+    armed: bool,
+    early: Vec<Pub>,
+    /// Messages may have been missed before arming: read the stream when arming.
+    read_on_arm: bool,
+    /// The last catch-up read failed: try again in [`RETRY`].
+    stale: bool,
 }
 
-impl ReaderGroup {
-    pub(super) fn new(client: Client) -> Arc<Self> {
-        Arc::new(ReaderGroup {
-            client,
-            cursors: Mutex::new(Cursors::default()),
-            reading: watch::Sender::new(0),
-            changed: tokio::sync::Notify::new(),
+/// The position `follow` read, handed to the reader task.
+#[derive(Debug)]
+struct Arm {
+    topic: Topic,
+    epoch: Option<Arc<str>>,
+    head: u64,
+    done: oneshot::Sender<()>,
+}
+
+#[derive(Debug)]
+pub(super) struct Live {
+    /// Subscribed to the followed topics' channels; a subscribed connection can do
+    /// nothing else.
+    subscriber: Client,
+    /// For the position and catch-up reads.
+    pool: Pool,
+    followed: Mutex<HashMap<Topic, Followed>>,
+    /// Held across each (un)subscribe so that a follow and an unfollow of one
+    /// topic reach Redis in the order they were decided.
+    subscribing: tokio::sync::Mutex<()>,
+    arm_tx: mpsc::UnboundedSender<Arm>,
+    arm_rx: Mutex<Option<mpsc::UnboundedReceiver<Arm>>>,
+    tail_size: usize,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(redact::scrub(&format!("{what}: {e}")))
+}
+
+impl Live {
+    pub(super) fn new(subscriber: Client, pool: Pool, tail_size: usize) -> Arc<Self> {
+        let (arm_tx, arm_rx) = mpsc::unbounded_channel();
+        Arc::new(Live {
+            subscriber,
+            pool,
+            followed: Mutex::new(HashMap::new()),
+            subscribing: tokio::sync::Mutex::new(()),
+            arm_tx,
+            arm_rx: Mutex::new(Some(arm_rx)),
+            tail_size,
         })
     }
 
     pub(super) fn client(&self) -> &Client {
-        &self.client
+        &self.subscriber
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cursors> {
-        self.cursors.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Followed>> {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn is_following(&self, topic: &Topic) -> bool {
-        self.lock().topics.contains_key(topic)
-    }
-
-    /// The doorbell rang for `topic`: read it soon if this group follows it.
-    pub(super) fn ring(&self, topic: &Topic) {
-        let mut c = self.lock();
-        if c.topics.contains_key(topic) {
-            c.dirty.insert(topic.clone());
-            drop(c);
-            self.changed.notify_one();
-        }
-    }
-
-    /// Something may have been missed (a doorbell connection dropped, a lagging
-    /// listener): read every followed topic.
-    pub(super) fn ring_all(&self) {
-        self.lock().all_dirty = true;
-        self.changed.notify_one();
-    }
-
-    /// Adds `topic`, reading from `start_id` (the stream's last id when it was
-    /// followed), and waits until a read covering it has started.
-    pub(super) async fn follow(&self, topic: &Topic, start_id: String) -> Result<(), BrokerError> {
-        let wanted = {
-            let mut c = self.lock();
-            if c.topics.contains_key(topic) {
-                return Ok(());
-            }
-            c.topics.insert(topic.clone(), start_id);
-            // Read it once right away: anything published between `start_id` and
-            // the doorbell reaching us is in the stream.
-            c.dirty.insert(topic.clone());
-            c.generation += 1;
-            c.generation
-        };
-        self.changed.notify_one();
-        let mut reading = self.reading.subscribe();
-        let armed = async {
-            while *reading.borrow_and_update() < wanted {
-                if reading.changed().await.is_err() {
-                    return;
+    /// Subscribes to `topic`'s channel, reads its position, and returns once the
+    /// reader delivers every later publication of it.
+    pub(super) async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        {
+            let mut m = self.lock();
+            match m.get(topic) {
+                Some(f) if f.armed => return Ok(()),
+                Some(_) => {} // another follow is arming it; arming again is harmless
+                None => {
+                    m.insert(
+                        topic.clone(),
+                        Followed {
+                            tail: Tail::new(self.tail_size),
+                            armed: false,
+                            early: Vec::new(),
+                            read_on_arm: false,
+                            stale: false,
+                        },
+                    );
                 }
             }
+        }
+        {
+            let _order = self.subscribing.lock().await;
+            let sub = self.subscriber.ssubscribe(keys::live(topic.as_str()));
+            match tokio::time::timeout(ARM_TIMEOUT, sub).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(unavailable("subscribing to the topic", e.details())),
+                Err(_) => return Err(unavailable("subscribing to the topic", "timed out")),
+            }
+        }
+        // Read after the subscription took effect: anything later arrives live.
+        let (head, epoch): (Option<u64>, Option<String>) = self
+            .pool
+            .next()
+            .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
+            .await
+            .map_err(|e| unavailable("reading the topic's position", e.details()))?;
+        let (done, armed) = oneshot::channel();
+        let arm = Arm {
+            topic: topic.clone(),
+            head: if epoch.is_some() {
+                head.unwrap_or(0)
+            } else {
+                0
+            },
+            epoch: epoch.map(Arc::from),
+            done,
         };
+        if self.arm_tx.send(arm).is_err() {
+            return Err(BrokerError::Unavailable(
+                "the live reader has stopped".into(),
+            ));
+        }
         if tokio::time::timeout(ARM_TIMEOUT, armed).await.is_err() {
-            // Redis is slow or away; the reader picks the topic up when it is back,
-            // and sessions fill any gap from history.
-            debug!(%topic, "reader did not confirm the new topic in time");
+            debug!(%topic, "live reader did not confirm the new topic in time");
         }
         Ok(())
     }
 
-    /// Drops `topic` unless a local session follows it again.
-    pub(super) fn unfollow(&self, topic: &Topic, sink: &dyn Sink) {
-        let mut c = self.lock();
-        if !sink.wants(topic.as_str()) && c.topics.remove(topic).is_some() {
-            c.generation += 1;
-        }
-    }
-
-    /// The periodic sweep: every followed stream that exists is read again, in case
-    /// a doorbell was lost.
-    fn sweep(&self) {
-        let mut c = self.lock();
-        let c = &mut *c;
-        for (t, id) in &c.topics {
-            if id != NEVER_SEEN {
-                c.dirty.insert(t.clone());
-            }
-        }
-    }
-
-    /// Takes the topics to read now, at most [`SWEEP_CHUNK`] (the rest stay dirty
-    /// for the next read): (generation, keys, ids, topics).
-    fn take_dirty(&self) -> (u64, Vec<String>, Vec<String>, Vec<Topic>) {
-        let mut c = self.lock();
-        if std::mem::take(&mut c.all_dirty) {
-            // After an outage every followed topic, seen or not, is read once.
-            let c = &mut *c;
-            c.dirty.extend(c.topics.keys().cloned());
-        }
-        let topics: Vec<Topic> = {
-            let c = &mut *c;
-            let mut taken = Vec::with_capacity(c.dirty.len().min(SWEEP_CHUNK));
-            c.dirty.retain(|t| {
-                if taken.len() >= SWEEP_CHUNK || !c.topics.contains_key(t) {
-                    // Unfollowed topics drop out; the rest wait for the next read.
-                    return c.topics.contains_key(t);
-                }
-                taken.push(t.clone());
-                false
-            });
-            taken
-        };
-        let (keys, ids) = topics
-            .iter()
-            .filter_map(|t| Some((keys::stream(t.as_str()), c.topics.get(t)?.clone())))
-            .unzip();
-        (c.generation, keys, ids, topics)
-    }
-
-    /// The read loop; ends when `stop` is cancelled.
-    pub(super) async fn run(self: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
-        let mut epochs = EpochCache::default();
-        let mut failing = false;
-        let mut last_start: Option<tokio::time::Instant> = None;
-        let mut last_sweep = tokio::time::Instant::now();
-        loop {
-            if last_sweep.elapsed() >= SWEEP {
-                last_sweep = tokio::time::Instant::now();
-                self.sweep();
-            }
-            if let Some(at) = last_start {
-                let next = at + MIN_READ_INTERVAL;
-                if next > tokio::time::Instant::now() {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep_until(next) => {}
-                    }
-                }
-            }
-            let (generation, keys, ids, topics) = self.take_dirty();
-            self.reading.send_replace(generation);
-            if keys.is_empty() {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = self.changed.notified() => {}
-                    _ = tokio::time::sleep_until(last_sweep + SWEEP) => {}
-                }
-                continue;
-            }
-            last_start = Some(tokio::time::Instant::now());
-            let read =
-                self.client
-                    .xread::<Option<Streams>, _, _>(Some(READ_COUNT), None, keys, ids);
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(READ_DEADLINE, read) => r,
-            };
-            let result = match result {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => {
-                    let _ = self.client.force_reconnection().await;
-                    Err("stream read outlived its deadline; reconnecting".to_owned())
-                }
-            };
-            match result {
-                Ok(streams) => {
-                    if failing {
-                        failing = false;
-                        self.reconcile().await;
-                        self.ring_all();
-                    }
-                    for (key, entries) in streams.unwrap_or_default() {
-                        let full = entries.len() as u64 >= READ_COUNT;
-                        if let Some(topic) = self.deliver(&*sink, &mut epochs, &key, entries) {
-                            if full {
-                                // More may be waiting behind this batch.
-                                self.lock().dirty.insert(topic);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !failing {
-                        warn!(error = %sluice_common::redact::scrub(&e.to_string()), "stream read failed; retrying");
-                    }
-                    failing = true;
-                    self.lock().dirty.extend(topics);
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands a stream's new entries to the sink; returns the topic.
-    fn deliver(
-        &self,
-        sink: &dyn Sink,
-        epochs: &mut EpochCache,
-        key: &str,
-        entries: Vec<(String, std::collections::HashMap<String, bytes::Bytes>)>,
-    ) -> Option<Topic> {
-        let topic = keys::topic_of_stream(key).and_then(|t| Topic::parse(t).ok())?;
-        let last = entries.last().map(|(id, _)| id.clone())?;
+    /// Stops following `topic` unless a local session follows it again.
+    pub(super) fn unfollow(self: &Arc<Self>, topic: &Topic, sink: &dyn Sink) {
         {
-            let mut c = self.lock();
-            match c.topics.get_mut(&topic) {
-                Some(cursor) => *cursor = last,
-                None => return None, // unfollowed meanwhile
+            let mut m = self.lock();
+            if sink.wants(topic.as_str()) || m.remove(topic).is_none() {
+                return;
             }
         }
-        for (id, fields) in &entries {
-            match decode_entry(&topic, id, fields, epochs) {
-                Some(p) => {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        let topic = topic.clone();
+        rt.spawn(async move {
+            let _order = me.subscribing.lock().await;
+            if me.lock().contains_key(&topic) {
+                return; // followed again meanwhile
+            }
+            let unsub = me.subscriber.sunsubscribe(keys::live(topic.as_str()));
+            if let Ok(Err(e)) = tokio::time::timeout(ARM_TIMEOUT, unsub).await {
+                debug!(%topic, error = %redact::scrub(e.details()), "unsubscribing failed");
+            }
+        });
+    }
+
+    /// History from the topic's tail, when it holds `from` and everything after it.
+    pub(super) fn history(&self, topic: &Topic, from: u64, limit: usize) -> Option<Vec<Pub>> {
+        let m = self.lock();
+        let f = m.get(topic).filter(|f| f.armed)?;
+        f.tail.read(from, limit)
+    }
+
+    /// Lets a history read from Redis extend the topic's tail backwards.
+    pub(super) fn backfill(&self, topic: &Topic, page: &[Pub]) {
+        if let Some(f) = self.lock().get_mut(topic).filter(|f| f.armed) {
+            f.tail.backfill(page);
+        }
+    }
+
+    /// Followed topics, and how many publications their tails hold (for tests).
+    pub(super) fn followed(&self) -> Vec<(Topic, usize)> {
+        let m = self.lock();
+        m.iter().map(|(t, f)| (t.clone(), f.tail.len())).collect()
+    }
+
+    /// The reader task; ends when `stop` is cancelled.
+    pub(super) async fn run(self: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
+        let Some(mut arms) = self.arm_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let mut epochs = EpochCache::default();
+        let mut retry = tokio::time::interval(RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = reconnects.recv() => match r {
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.recover(&*sink, &mut epochs).await,
+                    Err(RecvError::Closed) => return,
+                },
+                m = messages.recv() => match m {
+                    Ok(m) => self.on_message(m, &*sink, &mut epochs).await,
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(missed = n, "live reader fell behind; reading every followed stream");
+                        let all = self.armed_topics();
+                        self.catch_up(all, &*sink, &mut epochs).await;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                a = arms.recv() => match a {
+                    Some(a) => self.arm(a, &*sink, &mut epochs).await,
+                    None => return,
+                },
+                _ = retry.tick() => {
+                    let stale: Vec<Topic> = self
+                        .lock()
+                        .iter()
+                        .filter(|(_, f)| f.stale && f.armed)
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    if !stale.is_empty() {
+                        self.catch_up(stale, &*sink, &mut epochs).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn armed_topics(&self) -> Vec<Topic> {
+        let m = self.lock();
+        m.iter()
+            .filter(|(_, f)| f.armed)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    async fn on_message(&self, m: Message, sink: &dyn Sink, epochs: &mut EpochCache) {
+        if m.kind != MessageKind::SMessage {
+            return;
+        }
+        let Some(topic) = keys::topic_of_live(&m.channel).and_then(|t| Topic::parse(t).ok()) else {
+            return;
+        };
+        let body: &[u8] = match &m.value {
+            Value::Bytes(b) => b,
+            Value::String(s) => s.as_bytes(),
+            _ => return,
+        };
+        match decode_live(&topic, body, epochs) {
+            Ok(p) => self.offer(p, sink, epochs).await,
+            // Not written by the function (anyone may SPUBLISH): the stream decides.
+            Err(e) => warn!(%topic, error = %e, "ignoring a malformed live message"),
+        }
+    }
+
+    /// Delivers `p` if it is the topic's next publication; after a jump, reads the
+    /// stream up to it first.
+    async fn offer(&self, p: Pub, sink: &dyn Sink, epochs: &mut EpochCache) {
+        match self.place(&p) {
+            Some(Fit::Gap) => {
+                debug!(topic = %p.topic, seq = p.seq, "seq jump on the live path; reading the stream");
+                self.forget_other_epoch(&p);
+                self.catch_up(vec![p.topic.clone()], sink, epochs).await;
+                // The read covers `p` unless Redis failed (then the topic is stale
+                // and read again) or `p` was of an older epoch (dropped).
+                if self.place(&p) == Some(Fit::Next) {
                     sink.deliver(&p);
                 }
-                None => warn!(%topic, %id, "skipping a malformed stream entry"),
             }
+            Some(Fit::Next) => {
+                sink.deliver(&p);
+            }
+            Some(Fit::Seen) | None => {}
         }
-        Some(topic)
     }
 
-    /// After an outage: a stream whose last id is now below our cursor was recreated
-    /// (Redis lost data and the clock is behind the old ids); read it from the start.
-    async fn reconcile(&self) {
-        let cursors: Vec<(Topic, String)> = self
-            .lock()
-            .topics
-            .iter()
-            .map(|(t, id)| (t.clone(), id.clone()))
-            .collect();
-        for (topic, id) in cursors {
-            let last: Result<Vec<(String, HashMap<String, String>)>, _> = self
-                .client
-                .xrevrange(keys::stream(topic.as_str()), "+", "-", Some(1))
-                .await;
-            let Ok(last) = last else { return };
-            let stream_last = last.first().and_then(|(i, _)| keys::parse_entry_id(i));
-            let behind = match (stream_last, keys::parse_entry_id(&id)) {
-                (Some(s), Some(c)) => s < c,
-                (None, Some(c)) => c != (0, 0),
-                _ => false,
-            };
-            if behind {
-                if let Some(cursor) = self.lock().topics.get_mut(&topic) {
-                    *cursor = "0-0".to_owned();
+    /// A live message of another epoch: the topic restarted (Redis lost its state),
+    /// so the read starts at the new epoch's first seq, not at our position.
+    fn forget_other_epoch(&self, p: &Pub) {
+        if let Some(f) = self.lock().get_mut(&p.topic) {
+            if f.tail.position().is_some_and(|(e, _)| *e != p.epoch) {
+                f.tail.reset(None, 0);
+            }
+        }
+    }
+
+    /// Appends `p` to its topic's tail if it is next; keeps it for later if the
+    /// topic is not armed yet (`None`, as for a topic not followed).
+    fn place(&self, p: &Pub) -> Option<Fit> {
+        let mut m = self.lock();
+        let f = m.get_mut(&p.topic)?;
+        if !f.armed {
+            if f.early.len() < EARLY_MAX {
+                f.early.push(p.clone());
+            } else {
+                f.read_on_arm = true;
+            }
+            return None;
+        }
+        let fit = f.tail.fit(p);
+        if fit == Fit::Next {
+            f.tail.push(p);
+        }
+        Some(fit)
+    }
+
+    async fn arm(&self, a: Arm, sink: &dyn Sink, epochs: &mut EpochCache) {
+        let (early, read) = {
+            let mut m = self.lock();
+            match m.get_mut(&a.topic) {
+                Some(f) if !f.armed => {
+                    f.tail.reset(a.epoch, a.head);
+                    f.armed = true;
+                    (
+                        std::mem::take(&mut f.early),
+                        std::mem::take(&mut f.read_on_arm),
+                    )
                 }
+                _ => (Vec::new(), false),
             }
+        };
+        for p in early {
+            self.offer(p, sink, epochs).await;
         }
+        if read {
+            self.catch_up(vec![a.topic.clone()], sink, epochs).await;
+        }
+        let _ = a.done.send(());
     }
-}
 
-/// The group index for a topic.
-pub(super) fn group_of(topic: &Topic, groups: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.as_str().hash(&mut h);
-    (h.finish() % groups.max(1) as u64) as usize
-}
-
-/// Listens to the doorbell on its own connection and rings the group of each
-/// topic named; after a reconnect (or falling behind) rings them all.
-pub(super) async fn doorbell(
-    client: Client,
-    groups: Vec<Arc<ReaderGroup>>,
-    stop: CancellationToken,
-) {
-    let mut messages = client.message_rx();
-    let mut reconnects = client.reconnect_rx();
-    let ring_all = || groups.iter().for_each(|g| g.ring_all());
-    let subscribe = || async {
-        if let Err(e) = client.subscribe(DOORBELL).await {
-            warn!(error = %sluice_common::redact::scrub(&e.to_string()), "subscribing to the doorbell failed; reads fall back to the sweep");
-        }
-    };
-    let _ = client.wait_for_connect().await;
-    subscribe().await;
-    ring_all();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            m = messages.recv() => match m {
-                Ok(m) => {
-                    if let Ok(topic) = m.value.convert::<String>() {
-                        if let Ok(t) = Topic::parse(&topic) {
-                            groups[group_of(&t, groups.len())].ring(&t);
-                        }
+    /// The subscriber connection came back: subscribe again to every followed
+    /// topic, then read each from its position.
+    async fn recover(&self, sink: &dyn Sink, epochs: &mut EpochCache) {
+        let topics: Vec<Topic> = {
+            let mut m = self.lock();
+            for f in m.values_mut().filter(|f| !f.armed) {
+                f.read_on_arm = true;
+            }
+            m.keys().cloned().collect()
+        };
+        {
+            let _order = self.subscribing.lock().await;
+            for chunk in topics.chunks(CATCH_UP_CONCURRENCY) {
+                let subs = chunk
+                    .iter()
+                    .map(|t| self.subscriber.ssubscribe(keys::live(t.as_str())));
+                for r in futures_util::future::join_all(subs).await {
+                    if let Err(e) = r {
+                        warn!(error = %redact::scrub(e.details()), "resubscribing a topic failed");
                     }
                 }
-                Err(RecvError::Lagged(_)) => ring_all(),
-                Err(RecvError::Closed) => return,
-            },
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    subscribe().await;
-                    ring_all();
-                }
-                Err(RecvError::Closed) => return,
-            },
+            }
         }
+        let armed = self.armed_topics();
+        debug!(
+            topics = armed.len(),
+            "live connection back; reading every followed stream"
+        );
+        self.catch_up(armed, sink, epochs).await;
     }
-}
-
-/// Whether the reader client is connected.
-pub(super) fn connected(client: &Client) -> bool {
-    client.is_connected()
 }

@@ -19,8 +19,15 @@
 --   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
 --                             e   epoch    t  type ("delta" or "alert")
 --                             p   payload  ts publish time, unix ms
--- Every publish ends with PUBLISH sluice:live <T>: the doorbell on which nodes
--- learn which streams to read (the stream stays the only source of content).
+--   sluice:{T}:live    sharded pub/sub channel (not a key): every publish ends
+--                      with SPUBLISH of the entry to it, as five fields split by
+--                      "\n": <seq> <epoch> <type> <ts> <payload> (the payload last,
+--                      as it may hold newlines). Only nodes that follow T are
+--                      subscribed (SSUBSCRIBE), so a publish costs Redis nothing
+--                      per node that does not follow its topic; the channel's
+--                      hash tag puts it in T's slot on Cluster, on T's master.
+--                      The stream stays the source of truth: a node that sees a
+--                      seq jump or another epoch on the channel reads the stream.
 --
 -- Both keys expire about HISTORY_TTL seconds after the topic's last publish:
 -- the TTLs are refreshed when they were last refreshed TTL_REFRESH_MS ago or
@@ -267,8 +274,9 @@ local function publish(keys, args)
     if snapshot then
         redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str, 'snap_ts', string.format('%d', now_ms))
     end
-    -- Ring the doorbell: nodes following the topic read its stream now.
-    redis.call('PUBLISH', 'sluice:live', topic)
+    -- Hand the entry to the nodes following the topic (see sluice:{T}:live above).
+    redis.call('SPUBLISH', 'sluice:{' .. topic .. '}:live',
+        seq_str .. '\n' .. epoch .. '\n' .. msg_type .. '\n' .. string.format('%d', now_ms) .. '\n' .. payload)
     if not exp or now_ms - exp >= TTL_REFRESH_MS then
         local ttl = string.format('%d', HISTORY_TTL)
         redis.call('HSET', meta, 'exp', string.format('%d', now_ms))
