@@ -8,40 +8,30 @@
 //! outbox itself buffers live publications while a subscribe replays, so the hand-over
 //! from replay to live needs no extra buffer and no lock.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
-use serde_json::json;
-use sluice_common::{
-    protocol::{FrameType, ServerFrame, SubscribeEntry},
-    ErrorCode, Topic,
-};
+use sluice_common::{protocol::FrameType, Topic};
 
 use super::{
     actor::Session,
     outbound::FrameOptions,
-    position::{Live, Position, Resume},
-    subscribe::Refusal,
+    position::{Live, Position},
     SessionEnd,
 };
-use crate::{
-    broker::{read_state, BrokerError},
-    config::TopicClass,
-    hub::JoinError,
-    publication::Pub,
-};
+use crate::{broker::BrokerError, publication::Pub};
 
 /// Publications fetched from history per request.
-const PAGE: usize = 500;
+pub(super) const PAGE: usize = 500;
 
 /// The delivery position of one subscription.
 #[derive(Debug, Default)]
 pub(crate) struct SubState {
     /// Where delivery stands, and the exactly-once rules ([`Position`]).
-    pos: Position,
+    pub(super) pos: Position,
     /// Background mode: the newest message not yet delivered.
-    pending: Option<Pub>,
+    pub(super) pending: Option<Pub>,
     /// Batching and compression, as the subscribe asked.
-    opts: FrameOptions,
+    pub(super) opts: FrameOptions,
 }
 
 /// A session's subscriptions by topic. Most sessions hold a few, kept in a list
@@ -139,7 +129,7 @@ impl Subs {
     }
 }
 
-fn broker_failure(e: BrokerError) -> SessionEnd {
+pub(super) fn broker_failure(e: BrokerError) -> SessionEnd {
     SessionEnd::Internal(format!("broker: {e}"))
 }
 
@@ -151,240 +141,6 @@ where
         + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
-    /// Subscribes one topic: ack, then the replay or snapshot the entry asks for,
-    /// then live messages (through the outbox). A refused entry is returned, not
-    /// sent: the frame's refusals go out together ([`super::subscribe`]).
-    pub(super) async fn subscribe(
-        &mut self,
-        entry: SubscribeEntry,
-        opts: FrameOptions,
-        correlation_id: Option<serde_json::Value>,
-    ) -> Result<Option<Refusal>, SessionEnd> {
-        let name = entry.filter.to_string();
-        let topic = match entry.filter.exact() {
-            Ok(t) => t,
-            Err(_) => {
-                let msg = "wildcard subscriptions are not supported by this node yet";
-                return Ok(Some(
-                    Refusal::new(ErrorCode::InvalidTopic, msg, &name).without_strike(),
-                ));
-            }
-        };
-        if !crate::auth::may_read(self.identity.as_deref(), &topic) {
-            let msg = if self.identity.is_some() {
-                "this token may not read this topic"
-            } else {
-                "private topics need a token naming their owner"
-            };
-            return Ok(Some(Refusal::new(ErrorCode::Forbidden, msg, &name)));
-        }
-        let class = TopicClass::of(topic.as_str());
-        if !self.limits.subscribe(class, &self.ctx.config) {
-            let (burst, per_minute) = self.ctx.config.subscribe_limits.get(class);
-            return Ok(Some(
-                Refusal::new(ErrorCode::RateLimitExceeded, "Rate limit exceeded", &name)
-                    .with("limit", json!(format!("{per_minute} per minute")))
-                    .with("burst", json!(burst)),
-            ));
-        }
-        if self.subs.contains_key(&topic) {
-            return self.resubscribe(&topic, opts, correlation_id).await;
-        }
-        let limit = self.ctx.config.max_subscriptions;
-        if self.subs.len() >= limit {
-            let msg = "too many subscriptions on this connection";
-            return Ok(Some(
-                Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
-                    .with("limit", json!(limit)),
-            ));
-        }
-
-        // Join the hub first: once it returns, every publication queues in the
-        // mailbox, so whatever the replay below does not cover arrives live.
-        let mailbox = self.info.mailbox.clone();
-        let topic = match self.ctx.hub.join(&topic, self.id, mailbox).await {
-            Ok(shared) => shared,
-            Err(JoinError::TopicLimit) => {
-                let msg = "this node follows as many topics as it may (SLUICE_MAX_TOPICS)";
-                return Ok(Some(
-                    Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
-                        .with("node_topic_limit", json!(self.ctx.config.max_topics))
-                        .without_strike(),
-                ));
-            }
-            Err(JoinError::Broker(e)) => {
-                let msg = format!("could not subscribe: {e}");
-                return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
-            }
-        };
-        self.subs.insert(
-            topic.clone(),
-            SubState {
-                opts,
-                ..SubState::default()
-            },
-        );
-        // A resume reads the head alone; the snapshot is read below only if the
-        // resume fails, since only then is it sent. (The hub's join armed live
-        // delivery already.)
-        let resuming = entry.resume_from_seq.is_some();
-        let mut state = match read_state(&*self.ctx.broker, &topic, !resuming).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.unsubscribe(&topic);
-                let msg = format!("could not subscribe: {e}");
-                return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
-            }
-        };
-        let mut head = state.position.as_ref().map_or(0, |p| p.seq);
-        let mut epoch: Option<Arc<str>> =
-            state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
-
-        // Resume when the client's position is still in the retained history.
-        let plan = Position::resume(
-            entry.resume_from_seq,
-            entry.epoch.as_deref(),
-            epoch.as_deref(),
-            head,
-        );
-        let replay: Option<(u64, Vec<Pub>)> = match plan {
-            Resume::AtHead => Some((head.saturating_add(1), Vec::new())),
-            Resume::Replay(n) => {
-                let page = self
-                    .ctx
-                    .broker
-                    .history(&topic, n, PAGE)
-                    .await
-                    .map_err(broker_failure)?;
-                let from = Position::at(epoch.clone(), n - 1);
-                let n_ok = from.continues(page.iter().map(|p| (&p.epoch, p.seq)), u64::MAX);
-                // History must still start at N; a page that breaks off later is
-                // continued by the gap fill below.
-                (n_ok > 0).then(|| {
-                    let mut page = page;
-                    page.truncate(n_ok);
-                    (n, page)
-                })
-            }
-            Resume::Mismatch => None,
-        };
-        if resuming && replay.is_none() {
-            // The snapshot will be sent: read it now, with the head it belongs to (one
-            // atomic read), and go on from there as a first subscribe does. Whatever
-            // was published since the first read is queued in the outbox by seq.
-            state = match read_state(&*self.ctx.broker, &topic, true).await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.unsubscribe(&topic);
-                    let msg = format!("could not subscribe: {e}");
-                    return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
-                }
-            };
-            head = state.position.as_ref().map_or(0, |p| p.seq);
-            epoch = state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
-        }
-
-        let ack = ServerFrame::new(FrameType::Ack)
-            .with_topic(topic.as_str())
-            .with_correlation_id(correlation_id)
-            .with_payload(json!({
-                "subscribed": true,
-                "head_seq": head,
-                "epoch": epoch.as_deref(),
-                "recovered": replay.is_some(),
-            }));
-        self.ctx.metrics.subscribes.increment(1);
-        self.send_frame(&ack).await?;
-
-        match replay {
-            Some((n, page)) => {
-                self.set_position(&topic, Position::at(epoch.clone(), n - 1));
-                for p in page {
-                    self.deliver(&p).await?;
-                }
-                if !self.fill_gap(&topic, head.saturating_add(1)).await? {
-                    return Err(SessionEnd::SlowConsumer("history trimmed during replay"));
-                }
-            }
-            None => match state.snapshot.filter(|s| Some(&s.epoch) == epoch.as_ref()) {
-                Some(snap) => {
-                    self.set_position(&topic, Position::at(epoch.clone(), 0));
-                    self.deliver(&snap).await?;
-                    // Deltas after the snapshot; if they were trimmed already, the
-                    // snapshot is the best state there is and live continues from head.
-                    if !self.fill_gap(&topic, head.saturating_add(1)).await? {
-                        self.set_position(&topic, Position::at(epoch.clone(), head));
-                    }
-                }
-                None => self.set_position(&topic, Position::at(epoch.clone(), head)),
-            },
-        }
-        Ok(None)
-    }
-
-    /// A subscribe of a topic the connection already holds: the ack, new frame
-    /// options, and nothing replayed — the subscription keeps its position, so what
-    /// it delivered is never delivered again.
-    async fn resubscribe(
-        &mut self,
-        topic: &Topic,
-        opts: FrameOptions,
-        correlation_id: Option<serde_json::Value>,
-    ) -> Result<Option<Refusal>, SessionEnd> {
-        let position = match self.ctx.broker.head(topic).await {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = format!("could not subscribe: {e}");
-                return Ok(Some(Refusal::new(
-                    ErrorCode::InternalError,
-                    msg,
-                    topic.as_str(),
-                )));
-            }
-        };
-        let head = position.as_ref().map_or(0, |p| p.seq);
-        let epoch = position.map(|p| p.epoch);
-        let Some(sub) = self.subs.get_mut(topic) else {
-            return Ok(None);
-        };
-        sub.opts = opts;
-        // Gap-free as long as the position is in the topic's current history.
-        let recovered = sub.pos.epoch().map(|e| &**e) == epoch.as_deref();
-        let ack = ServerFrame::new(FrameType::Ack)
-            .with_topic(topic.as_str())
-            .with_correlation_id(correlation_id)
-            .with_payload(json!({
-                "subscribed": true,
-                "head_seq": head,
-                "epoch": epoch,
-                "recovered": recovered,
-                "already_subscribed": true,
-            }));
-        self.send_frame(&ack).await?;
-        Ok(None)
-    }
-
-    fn set_position(&mut self, topic: &Topic, pos: Position) {
-        if let Some(sub) = self.subs.get_mut(topic) {
-            sub.pos = pos;
-        }
-    }
-
-    /// Stops delivering `topic`; returns whether it was subscribed.
-    pub(super) fn unsubscribe(&mut self, topic: &Topic) -> bool {
-        let was = self.subs.remove(topic).is_some();
-        // The hub unfollows the topic when this was its last local subscriber.
-        self.ctx.hub.leave(topic, self.id);
-        was
-    }
-
-    pub(super) fn leave_all(&mut self) {
-        let topics: Vec<Topic> = self.subs.keys().cloned().collect();
-        for t in topics {
-            self.unsubscribe(&t);
-        }
-    }
-
     /// A publication from the hub. Returns its publish time when it was delivered
     /// live now (for the batch's latency sample).
     pub(super) async fn on_publication(&mut self, p: Pub) -> Result<Option<i64>, SessionEnd> {
@@ -431,7 +187,7 @@ where
 
     /// Delivers, from history, every message after the last delivered one and before
     /// `until`. Returns false when history no longer holds them.
-    async fn fill_gap(&mut self, topic: &Topic, until: u64) -> Result<bool, SessionEnd> {
+    pub(super) async fn fill_gap(&mut self, topic: &Topic, until: u64) -> Result<bool, SessionEnd> {
         loop {
             let Some(sub) = self.subs.get(topic) else {
                 return Ok(true);
@@ -463,7 +219,7 @@ where
     }
 
     /// Writes `p` and advances the subscription's position.
-    async fn deliver(&mut self, p: &Pub) -> Result<(), SessionEnd> {
+    pub(super) async fn deliver(&mut self, p: &Pub) -> Result<(), SessionEnd> {
         let opts = self.subs.get(&p.topic).map(|s| s.opts).unwrap_or_default();
         self.write_pub(p, opts).await?;
         if let Some(sub) = self.subs.get_mut(&p.topic) {

@@ -8,7 +8,10 @@ mod actor;
 #[cfg(test)]
 mod actor_tests;
 mod context;
+mod deadlines;
 mod delivery;
+mod inbound;
+mod join;
 mod limits;
 mod outbound;
 mod position;
