@@ -74,9 +74,12 @@ pub fn decode_live(topic: &Topic, msg: &[u8], epochs: &mut EpochCache) -> Result
     Ok(checked(topic, seq, epochs.get(epoch), kind, ts, payload))
 }
 
-/// Whether `text` is one JSON document, checked without building it.
+/// Whether `text` is one JSON document, checked without building it, under the
+/// rules clients parse by (`protocol::is_json`: numbers that fit an f64, nesting of
+/// at most 128). serde's `IgnoredAny` would pass `9e99999` and unbounded nesting,
+/// which clients then fail to parse (the fuzzer found the first).
 fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    sluice_common::protocol::is_json(text)
 }
 
 /// Builds the publication for one entry; `None` if the entry is not one of ours.
@@ -195,6 +198,31 @@ mod tests {
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
         assert_eq!(v["payload"], "1.");
+    }
+
+    #[test]
+    fn a_payload_clients_cannot_parse_is_delivered_as_a_json_string() {
+        // Valid JSON grammar, but past what a client's parser takes: a number out of
+        // f64 range (the fuzzer's find) and nesting deeper than 128.
+        let t = Topic::parse("a").unwrap();
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        for payload in ["9223e53685477", "-1e400", deep.as_str()] {
+            let p = decode_entry(
+                &t,
+                "1-1",
+                &fields(&[("e", "x"), ("p", payload)]),
+                &mut EpochCache::default(),
+            )
+            .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(p.frame.as_str()).expect("a valid frame");
+            assert_eq!(v["payload"], payload);
+            let live = format!("1\nx\ndelta\n0\n{payload}");
+            let q = decode_live(&t, live.as_bytes(), &mut EpochCache::default()).unwrap();
+            let w: serde_json::Value =
+                serde_json::from_str(q.frame.as_str()).expect("a valid frame");
+            assert_eq!(w["payload"], payload);
+        }
     }
 
     fn live(topic: &Topic, msg: &[u8]) -> Result<Pub, LiveError> {
