@@ -459,8 +459,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 }
 
 /// Encodes a publication envelope (`delta`, `alert` or `snapshot`) around a payload
-/// that is already JSON text, without parsing it: the payload bytes an engine stored
-/// go to every socket as they are, serialized once per message, not once per client.
+/// and a meta object that are already JSON text, without parsing them: the payload
+/// bytes an engine stored go to every socket as they are, serialized once per
+/// message, not once per client. `meta_json` is the whole `meta` object (the node's
+/// `node` merged with the engine's members: [`meta::merge_meta`]).
 pub fn encode_publication(
     kind: FrameType,
     topic: &str,
@@ -468,8 +470,11 @@ pub fn encode_publication(
     epoch: &str,
     ts_ms: i64,
     payload_json: &str,
+    meta_json: &str,
 ) -> String {
-    let mut out = String::with_capacity(96 + topic.len() + epoch.len() + payload_json.len());
+    let mut out = String::with_capacity(
+        104 + topic.len() + epoch.len() + payload_json.len() + meta_json.len(),
+    );
     out.push_str("{\"type\":\"");
     out.push_str(kind.as_str());
     out.push_str("\",\"topic\":");
@@ -482,6 +487,8 @@ pub fn encode_publication(
     out.push_str(&time_fmt::format_ms(ts_ms));
     out.push_str("\",\"payload\":");
     out.push_str(payload_json);
+    out.push_str(",\"meta\":");
+    out.push_str(meta_json);
     out.push('}');
     out
 }
@@ -491,6 +498,7 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&Value::String(s.to_owned()).to_string());
 }
 
+pub mod meta;
 mod validate;
 
 #[cfg(test)]

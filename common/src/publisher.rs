@@ -1,6 +1,7 @@
 //! `Publisher`: how a Rust engine publishes. A thin wrapper over the Redis Function
-//! `FCALL sluice_publish 1 <topic> <payload> [<type> [<snapshot>]]`, so Rust engines,
-//! `POST /publish` and engines in any other language go through the same atomic step.
+//! `FCALL sluice_publish 1 <topic> <payload> [<type> [<snapshot> [<meta>]]]`, so Rust
+//! engines, `POST /publish` and engines in any other language go through the same
+//! atomic step.
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,6 +52,10 @@ pub enum PublishError {
     Topic(#[from] crate::topic::TopicError),
     #[error("payload is not serializable to JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The meta is not a JSON object of at most 4 KiB without `node`; nothing was
+    /// sent.
+    #[error("invalid meta: {0}")]
+    Meta(#[from] crate::protocol::meta::MetaError),
     /// The URL or a setting is bad (never shows the password).
     #[error("REDIS_URL: {0}")]
     Config(String),
@@ -193,6 +198,29 @@ impl Publisher {
         .await
     }
 
+    /// Publishes a message of `kind` with `meta`, the engine's own fields for the
+    /// envelope's `meta` (a source, a trace id): a JSON object of at most
+    /// [`MAX_META_BYTES`](crate::protocol::meta::MAX_META_BYTES) without the key
+    /// `node`, which every node fills in with its own id. Refused before anything is
+    /// sent otherwise.
+    pub async fn publish_with_meta(
+        &self,
+        topic: &str,
+        kind: PublishKind,
+        payload: &impl Serialize,
+        meta: &impl Serialize,
+    ) -> Result<StreamPosition, PublishError> {
+        let meta = serde_json::to_string(meta)?;
+        self.publish_json_with_meta(
+            topic,
+            kind,
+            &serde_json::to_string(payload)?,
+            None,
+            Some(&meta),
+        )
+        .await
+    }
+
     /// Publishes payload text that is already JSON. The function checks it is valid
     /// JSON and refuses it otherwise, writing nothing.
     pub async fn publish_json(
@@ -202,13 +230,31 @@ impl Publisher {
         payload_json: &str,
         snapshot_json: Option<&str>,
     ) -> Result<StreamPosition, PublishError> {
+        self.publish_json_with_meta(topic, kind, payload_json, snapshot_json, None)
+            .await
+    }
+
+    /// [`Publisher::publish_json`] with the engine's meta as JSON text (see
+    /// [`Publisher::publish_with_meta`]).
+    pub async fn publish_json_with_meta(
+        &self,
+        topic: &str,
+        kind: PublishKind,
+        payload_json: &str,
+        snapshot_json: Option<&str>,
+        meta_json: Option<&str>,
+    ) -> Result<StreamPosition, PublishError> {
         Topic::parse(topic)?;
+        if let Some(m) = meta_json {
+            crate::protocol::meta::check_meta(m)?;
+        }
         let client = self.pool.next();
         let args = PublishArgs {
             topic,
             kind,
             payload_json,
             snapshot_json,
+            meta_json,
         };
         let position = fcall_publish(client, args, self.library.as_deref()).await?;
         Ok(self.wait.wait(client, topic, position).await?)

@@ -265,9 +265,12 @@ pub struct PublishArgs<'a> {
     pub kind: PublishKind,
     pub payload_json: &'a str,
     pub snapshot_json: Option<&'a str>,
+    /// The engine's meta object; `None` keeps the call at three arguments.
+    pub meta_json: Option<&'a str>,
 }
 
-/// `FCALL sluice_publish 1 <topic> <payload> <type> [<snapshot>]`. When the library
+/// `FCALL sluice_publish 1 <topic> <payload> <type> [<snapshot> [<meta>]]` (an
+/// empty snapshot argument when there is meta but no snapshot). When the library
 /// is missing (a new master after a failover or resharding, a restarted Redis) and
 /// `library` is given, loads it and retries once.
 pub async fn fcall_publish(
@@ -276,8 +279,10 @@ pub async fn fcall_publish(
     library: Option<&str>,
 ) -> Result<StreamPosition, RedisFailure> {
     let mut argv = vec![args.payload_json, args.kind.as_str()];
-    if let Some(s) = args.snapshot_json {
-        argv.push(s);
+    match (args.snapshot_json, args.meta_json) {
+        (Some(s), None) => argv.push(s),
+        (s, Some(m)) => argv.extend([s.unwrap_or(""), m]),
+        (None, None) => {}
     }
     let call = || async {
         client

@@ -62,7 +62,10 @@ impl From<PublishError> for Failure {
             }
             // Written, only not confirmed by a replica in time: the connection is fine.
             PublishError::NotReplicated(_) => true,
-            PublishError::Topic(_) | PublishError::Json(_) | PublishError::Config(_) => true,
+            PublishError::Topic(_)
+            | PublishError::Json(_)
+            | PublishError::Meta(_)
+            | PublishError::Config(_) => true,
         };
         Failure {
             message: e.to_string(),

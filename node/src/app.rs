@@ -18,6 +18,7 @@ use crate::{
     http,
     hub::Hub,
     metrics::Metrics,
+    publication::Origin,
     state::AppState,
 };
 
@@ -44,6 +45,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         None => {
             let memory = Arc::new(MemoryBroker::new(
                 hub.clone(),
+                Origin::new(&config.node_id),
                 config.history_size,
                 config.history_ttl,
             ));
@@ -65,6 +67,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
                 url,
                 &config.redis,
                 hub.clone(),
+                Origin::new(&config.node_id),
                 metrics.clone(),
                 config.history_size,
                 config.history_ttl,

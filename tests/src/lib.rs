@@ -215,6 +215,7 @@ pub async fn publish_to(
             kind: PublishKind::Delta,
             payload_json,
             snapshot_json,
+            meta_json: None,
         })
         .await
         .expect("broker publish");

@@ -17,7 +17,7 @@ use sluice_common::Topic;
 use sluice_node::{
     broker::{redis::RedisBroker, Broker},
     metrics::Metrics,
-    publication::{Pub, Sink},
+    publication::{Origin, Pub, Sink},
 };
 use sluice_tests::redis::TestRedis;
 
@@ -82,6 +82,7 @@ async fn node(redis: &TestRedis) -> Node {
         &redis.url,
         &sluice_common::redis_client::RedisSettings::default(),
         sink.clone(),
+        Origin::new("live-path"),
         Arc::new(Metrics::new()),
         10_000,
         Duration::from_secs(3600),

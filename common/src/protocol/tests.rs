@@ -179,6 +179,7 @@ fn publication_encoding_is_valid_json_with_raw_payload() {
         "e7",
         0,
         r#"{"bid":99.1}"#,
+        r#"{"node":"n1","source":"feed"}"#,
     );
     let f: ServerFrame = serde_json::from_str(&text).unwrap();
     assert_eq!(f.kind, FrameType::Delta);
@@ -187,6 +188,7 @@ fn publication_encoding_is_valid_json_with_raw_payload() {
     assert_eq!(f.epoch.as_deref(), Some("e7"));
     assert_eq!(f.ts.as_deref(), Some("1970-01-01T00:00:00.000Z"));
     assert_eq!(f.payload, Some(json!({"bid": 99.1})));
+    assert_eq!(f.meta, Some(json!({"node": "n1", "source": "feed"})));
     assert!(!text.contains("correlation_id"));
 }
 
@@ -234,11 +236,12 @@ proptest! {
 
     #[test]
     fn encoded_publications_decode_to_their_parts(payload in json_value(), seq in 1u64.., ts in 0i64..4_000_000_000_000) {
-        let text = encode_publication(FrameType::Alert, "risk.u1.alerts", seq, "ep", ts, &payload.to_string());
+        let text = encode_publication(FrameType::Alert, "risk.u1.alerts", seq, "ep", ts, &payload.to_string(), r#"{"node":"n"}"#);
         let f: ServerFrame = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(f.kind, FrameType::Alert);
         prop_assert_eq!(f.seq, Some(seq));
         prop_assert_eq!(f.payload, Some(payload));
+        prop_assert_eq!(f.meta, Some(json!({"node": "n"})));
     }
 
     #[test]

@@ -15,11 +15,15 @@ use std::{
     time::Duration,
 };
 
-use sluice_common::{protocol::FrameType, publisher::PublishKind, time_fmt, StreamPosition, Topic};
+use sluice_common::{
+    protocol::{meta, FrameType},
+    publisher::PublishKind,
+    time_fmt, StreamPosition, Topic,
+};
 use tokio::time::Instant;
 
 use super::{Broker, BrokerError, PublishRequest, TopicState};
-use crate::publication::{Pub, Publication, Sink};
+use crate::publication::{Origin, Parts, Pub, Sink};
 
 #[derive(Debug)]
 struct TopicLog {
@@ -35,6 +39,8 @@ struct TopicLog {
 pub struct MemoryBroker {
     topics: Mutex<HashMap<Topic, Arc<Mutex<TopicLog>>>>,
     sink: Arc<dyn Sink>,
+    /// This node, as `meta.node` of every envelope.
+    origin: Origin,
     history_size: usize,
     ttl: Duration,
     /// The registry of this process's node(s): id → (record, live until).
@@ -80,10 +86,11 @@ fn check_json(what: &str, text: &str) -> Result<(), BrokerError> {
 }
 
 impl MemoryBroker {
-    pub fn new(sink: Arc<dyn Sink>, history_size: usize, ttl: Duration) -> Self {
+    pub fn new(sink: Arc<dyn Sink>, origin: Origin, history_size: usize, ttl: Duration) -> Self {
         MemoryBroker {
             topics: Mutex::new(HashMap::new()),
             sink,
+            origin,
             history_size: history_size.max(1),
             ttl,
             nodes: Mutex::new(HashMap::new()),
@@ -118,6 +125,9 @@ impl Broker for MemoryBroker {
         if let Some(s) = req.snapshot_json {
             check_json("snapshot", s)?;
         }
+        if let Some(m) = req.meta_json {
+            meta::check_meta(m).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        }
         let log = match self.live_log(req.topic) {
             Some(log) => log,
             None => {
@@ -144,26 +154,34 @@ impl Broker for MemoryBroker {
             PublishKind::Delta => FrameType::Delta,
             PublishKind::Alert => FrameType::Alert,
         };
-        let p = Publication::new(
+        let p = self.origin.publication(
             req.topic.clone(),
-            log.seq,
-            log.epoch.clone(),
-            kind,
-            now,
-            req.payload_json,
+            Parts {
+                seq: log.seq,
+                epoch: log.epoch.clone(),
+                kind,
+                published_ms: now,
+                payload_json: req.payload_json,
+                meta_json: req.meta_json,
+            },
         );
         log.history.push_back(p.clone());
         while log.history.len() > self.history_size {
             log.history.pop_front();
         }
         if let Some(s) = req.snapshot_json {
-            log.snapshot = Some(Publication::new(
+            // A snapshot is the topic's state, not one engine message: its meta is
+            // the node's alone (as the Redis broker's).
+            log.snapshot = Some(self.origin.publication(
                 req.topic.clone(),
-                log.seq,
-                log.epoch.clone(),
-                FrameType::Snapshot,
-                now,
-                s,
+                Parts {
+                    seq: log.seq,
+                    epoch: log.epoch.clone(),
+                    kind: FrameType::Snapshot,
+                    published_ms: now,
+                    payload_json: s,
+                    meta_json: None,
+                },
             ));
         }
         self.sink.deliver(&p);
@@ -253,6 +271,7 @@ mod tests {
     fn broker(size: usize) -> MemoryBroker {
         MemoryBroker::new(
             Arc::new(crate::hub::Hub::new(Arc::new(Metrics::new()), usize::MAX)),
+            Origin::new("mem-1"),
             size,
             Duration::from_secs(60),
         )
@@ -268,6 +287,7 @@ mod tests {
             kind: PublishKind::Delta,
             payload_json: payload,
             snapshot_json: snapshot,
+            meta_json: None,
         }
     }
 
@@ -318,10 +338,40 @@ mod tests {
         assert_eq!(b.head(&t).await.unwrap(), None);
     }
 
+    #[tokio::test]
+    async fn meta_is_checked_stored_and_carried_with_the_node() {
+        let b = broker(3);
+        let t = Topic::parse("p").unwrap();
+        for bad in ["[1]", "7", "{oops", r#"{"node":"x"}"#] {
+            let r = b
+                .publish(PublishRequest {
+                    meta_json: Some(bad),
+                    ..req(&t, "1", None)
+                })
+                .await;
+            assert!(matches!(r, Err(BrokerError::Invalid(_))), "{bad}: {r:?}");
+        }
+        assert_eq!(b.head(&t).await.unwrap(), None, "nothing was written");
+        b.publish(PublishRequest {
+            meta_json: Some(r#"{"source":"feed"}"#),
+            ..req(&t, "1", Some("{}"))
+        })
+        .await
+        .unwrap();
+        b.publish(req(&t, "2", None)).await.unwrap();
+        let h = b.history(&t, 1, 10).await.unwrap();
+        let meta = |p: &Pub| serde_json::from_str::<serde_json::Value>(p.frame.as_str()).unwrap()["meta"].clone();
+        assert_eq!(meta(&h[0]), serde_json::json!({"node":"mem-1","source":"feed"}));
+        assert_eq!(meta(&h[1]), serde_json::json!({"node":"mem-1"}));
+        let snap = b.state(&t).await.unwrap().snapshot.unwrap();
+        assert_eq!(meta(&snap), serde_json::json!({"node":"mem-1"}));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_topic_expires_and_restarts_under_a_new_epoch() {
         let b = MemoryBroker::new(
             Arc::new(crate::hub::Hub::new(Arc::new(Metrics::new()), usize::MAX)),
+            Origin::new("mem-1"),
             10,
             Duration::from_secs(5),
         );

@@ -28,8 +28,8 @@ pub struct TopicState {
 /// scrubbed of the URL's password before they become one of these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
-    /// The request itself is bad (a payload or snapshot that is not JSON): nothing
-    /// was written. HTTP 400.
+    /// The request itself is bad (a payload or snapshot that is not JSON, a meta
+    /// that is not a JSON object): nothing was written. HTTP 400.
     #[error("invalid publish: {0}")]
     Invalid(String),
     /// The backing store cannot serve now: unreachable, restarting, failing over
@@ -65,6 +65,9 @@ pub struct PublishRequest<'a> {
     pub kind: PublishKind,
     pub payload_json: &'a str,
     pub snapshot_json: Option<&'a str>,
+    /// The engine's meta: a JSON object without `node`
+    /// ([`sluice_common::protocol::meta::check_meta`]); the broker refuses others.
+    pub meta_json: Option<&'a str>,
 }
 
 #[async_trait::async_trait]

@@ -12,7 +12,7 @@ use axum::{
     Json,
 };
 use serde_json::{json, Map, Value};
-use sluice_common::{publisher::PublishKind, time_fmt, ErrorCode, Topic};
+use sluice_common::{protocol::meta, publisher::PublishKind, time_fmt, ErrorCode, Topic};
 
 use super::ApiError;
 use crate::{
@@ -91,6 +91,8 @@ struct PublishBody {
     kind: PublishKind,
     payload: String,
     snapshot: Option<String>,
+    /// The engine's meta object as JSON text (checked: an object without `node`).
+    meta: Option<String>,
 }
 
 fn parse_publish(body: &[u8]) -> Result<PublishBody, ApiError> {
@@ -117,11 +119,21 @@ fn parse_publish(body: &[u8]) -> Result<PublishBody, ApiError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.to_string()),
     };
+    let meta = match obj.get("meta") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let text = Value::Object(m.clone()).to_string();
+            meta::check_meta(&text).map_err(|e| invalid(format!("field 'meta': {e}")))?;
+            Some(text)
+        }
+        Some(_) => return Err(invalid("field 'meta' must be a JSON object")),
+    };
     Ok(PublishBody {
         topic,
         kind,
         payload: payload.to_string(),
         snapshot,
+        meta,
     })
 }
 
@@ -144,6 +156,7 @@ pub async fn publish(
             kind: b.kind,
             payload_json: &b.payload,
             snapshot_json: b.snapshot.as_deref(),
+            meta_json: b.meta.as_deref(),
         })
         .await
         .map_err(|e| match e {

@@ -68,6 +68,7 @@ fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
     let hub = Arc::new(Hub::new(metrics.clone(), usize::MAX));
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(
         hub.clone(),
+        crate::publication::Origin::new(&config.node_id),
         config.history_size,
         config.history_ttl,
     ));
@@ -173,6 +174,7 @@ async fn live_publications_arrive_in_order_after_the_ack() {
                 kind: sluice_common::publisher::PublishKind::Delta,
                 payload_json: &payload,
                 snapshot_json: None,
+                meta_json: None,
             })
             .await
             .expect("publish");
@@ -227,6 +229,7 @@ async fn publish(
             kind,
             payload_json: payload,
             snapshot_json: None,
+            meta_json: None,
         })
         .await
         .expect("publish");

@@ -71,6 +71,7 @@ async fn publish(b: &dyn Broker, topic: &Topic, payload: &str, snap: Option<&str
         kind: PublishKind::Delta,
         payload_json: payload,
         snapshot_json: snap,
+        meta_json: None,
     };
     b.publish(req).await.expect("publish").seq
 }

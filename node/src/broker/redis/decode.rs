@@ -1,14 +1,18 @@
 //! Stream entries and live messages to publications: the one place that knows the
-//! entry fields (`e` epoch, `t` type, `p` payload, `ts` publish ms) and the live
-//! message layout the function library writes.
+//! entry fields (`e` epoch, `t` type, `p` payload, `ts` publish ms, `m` engine meta)
+//! and the live message layout the function library writes.
 
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 
-use sluice_common::{keys, protocol::FrameType, Topic};
+use sluice_common::{
+    keys,
+    protocol::{meta::check_meta, FrameType},
+    Topic,
+};
 
-use crate::publication::{Pub, Publication};
+use crate::publication::{Origin, Parts, Pub};
 
 /// Shares one allocation per epoch string among all publications of that epoch.
 #[derive(Debug, Default)]
@@ -30,6 +34,27 @@ impl EpochCache {
     }
 }
 
+/// What decoding needs besides the bytes: this node's [`Origin`] (every envelope
+/// names the node in `meta.node`) and the shared epoch strings.
+#[derive(Debug)]
+pub struct Decoder {
+    origin: Origin,
+    epochs: EpochCache,
+}
+
+impl Decoder {
+    pub fn new(origin: Origin) -> Self {
+        Decoder {
+            origin,
+            epochs: EpochCache::default(),
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
 /// Why a live message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LiveError {
@@ -39,39 +64,65 @@ pub enum LiveError {
     Seq,
     #[error("live message epoch is empty")]
     Epoch,
-    #[error("live message type is not delta or alert")]
+    #[error("live message type is not delta or alert (with an optional :<meta length>)")]
     Kind,
     #[error("live message publish time is not a whole number")]
     Ts,
+    #[error("live message meta length runs past the message")]
+    Meta,
+}
+
+fn number(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// Decodes a message of a topic's live channel, as `sluice_publish` sends it with
 /// `SPUBLISH sluice:{T}:live`: five fields split by `\n`, the payload last (it may
 /// itself hold newlines), e.g. `"42\nhodyhjseay\ndelta\n1700000000123\n{\"bid\":1}"`.
-/// Only the payload is JSON, and it is checked without building a document.
-pub fn decode_live(topic: &Topic, msg: &[u8], epochs: &mut EpochCache) -> Result<Pub, LiveError> {
+/// With engine meta the type field carries the meta's length in bytes and the meta
+/// text comes first in the last field, right before the payload:
+/// `"42\nhodyhjseay\ndelta:17\n1700000000123\n{\"source\":\"feed\"}{\"bid\":1}"`.
+/// Only the payload and the meta are JSON, and they are checked without building
+/// the payload.
+pub fn decode_live(topic: &Topic, msg: &[u8], dec: &mut Decoder) -> Result<Pub, LiveError> {
     let mut parts = msg.splitn(5, |b| *b == b'\n');
     let mut next = || parts.next().ok_or(LiveError::Short);
     let (seq, epoch, kind, ts) = (next()?, next()?, next()?, next()?);
-    let payload = next()?;
-    let number = |b: &[u8]| -> Option<u64> {
-        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(b).ok()?.parse().ok()
-    };
+    let rest = next()?;
     let seq = number(seq).filter(|s| *s >= 1).ok_or(LiveError::Seq)?;
     let epoch = std::str::from_utf8(epoch)
         .ok()
         .filter(|e| !e.is_empty())
         .ok_or(LiveError::Epoch)?;
+    let (kind, meta_len) = match kind.iter().position(|b| *b == b':') {
+        None => (kind, None),
+        Some(i) => (
+            &kind[..i],
+            Some(number(&kind[i + 1..]).ok_or(LiveError::Kind)?),
+        ),
+    };
     let kind = match kind {
         b"delta" => FrameType::Delta,
         b"alert" => FrameType::Alert,
         _ => return Err(LiveError::Kind),
     };
     let ts = number(ts).ok_or(LiveError::Ts)? as i64;
-    Ok(checked(topic, seq, epochs.get(epoch), kind, ts, payload))
+    let (meta, payload) = match meta_len {
+        None => (None, rest),
+        Some(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= rest.len())
+                .ok_or(LiveError::Meta)?;
+            let (m, p) = rest.split_at(n);
+            (Some(m), p)
+        }
+    };
+    let epoch = dec.epochs.get(epoch);
+    Ok(checked(dec, topic, (seq, epoch, kind, ts), payload, meta))
 }
 
 /// Whether `text` is one JSON document, checked without building it, under the
@@ -83,15 +134,17 @@ fn is_json(text: &str) -> bool {
 }
 
 /// Builds the publication for one entry; `None` if the entry is not one of ours.
+/// Entries written before engine meta existed have no `m` field and decode with
+/// `meta: {"node": …}` alone.
 pub fn decode_entry(
     topic: &Topic,
     id: &str,
     fields: &HashMap<String, Bytes>,
-    epochs: &mut EpochCache,
+    dec: &mut Decoder,
 ) -> Option<Pub> {
     let (_, seq) = keys::parse_entry_id(id)?;
     let text = |k: &str| fields.get(k).and_then(|b| std::str::from_utf8(b).ok());
-    let epoch = epochs.get(text("e")?);
+    let epoch = dec.epochs.get(text("e")?);
     let kind = match text("t") {
         Some("alert") => FrameType::Alert,
         Some("delta") | None => FrameType::Delta,
@@ -100,12 +153,25 @@ pub fn decode_entry(
     let ts = text("ts")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(sluice_common::time_fmt::now_ms);
-    Some(checked(topic, seq, epoch, kind, ts, fields.get("p")?))
+    let payload = fields.get("p")?;
+    let meta = fields.get("m").map(|m| &m[..]);
+    Some(checked(dec, topic, (seq, epoch, kind, ts), payload, meta))
 }
 
-/// The publication for a topic's stored snapshot, checked like a stream entry.
-pub(crate) fn snapshot(topic: &Topic, seq: u64, epoch: Arc<str>, ts: i64, doc: &[u8]) -> Pub {
-    checked(topic, seq, epoch, FrameType::Snapshot, ts, doc)
+/// The publication for a topic's stored snapshot, checked like a stream entry. A
+/// snapshot is the topic's state, not one engine message: its meta is the node's
+/// alone.
+pub(crate) fn snapshot(
+    origin: &Origin,
+    topic: &Topic,
+    seq: u64,
+    epoch: Arc<str>,
+    ts: i64,
+    doc: &[u8],
+) -> Pub {
+    let head = (seq, epoch, FrameType::Snapshot, ts);
+    let payload = payload_text(topic, seq, doc);
+    build(origin, topic, head, &payload, None)
 }
 
 /// Builds a publication from bytes read from Redis, which anyone with access can
@@ -113,20 +179,69 @@ pub(crate) fn snapshot(topic: &Topic, seq: u64, epoch: Arc<str>, ts: i64, doc: &
 /// read of its reader group; and since the function's JSON check (Lua cjson) lets a
 /// few malformed forms through and a frame a client cannot parse must never leave
 /// the node (while dropping it would leave a seq gap), a bad document goes out as a
-/// JSON string.
-fn checked(topic: &Topic, seq: u64, epoch: Arc<str>, kind: FrameType, ts: i64, raw: &[u8]) -> Pub {
+/// JSON string. Engine meta that is not a small JSON object without `node` (the
+/// function refuses such meta, so it was written some other way) is left out: the
+/// envelope keeps the node's meta alone.
+fn checked(
+    dec: &Decoder,
+    topic: &Topic,
+    head: (u64, Arc<str>, FrameType, i64),
+    raw: &[u8],
+    meta: Option<&[u8]>,
+) -> Pub {
+    let payload = payload_text(topic, head.0, raw);
+    let meta = meta.and_then(|m| {
+        let checked = std::str::from_utf8(m)
+            .map_err(|_| "meta is not UTF-8".to_owned())
+            .and_then(|t| check_meta(t).map(|()| t).map_err(|e| e.to_string()));
+        checked
+            .inspect_err(|e| {
+                tracing::warn!(%topic, seq = head.0, error = %e, "stored meta refused; delivering without it");
+            })
+            .ok()
+    });
+    build(&dec.origin, topic, head, &payload, meta)
+}
+
+/// The payload as JSON text: as stored when it is valid, else as a JSON string.
+fn payload_text<'a>(topic: &Topic, seq: u64, raw: &'a [u8]) -> std::borrow::Cow<'a, str> {
     let payload = String::from_utf8_lossy(raw);
-    if !is_json(&payload) {
-        tracing::warn!(%topic, seq, "document in Redis is not valid JSON; delivering it as a string");
-        let quoted = serde_json::Value::String(payload.into_owned()).to_string();
-        return Publication::new(topic.clone(), seq, epoch, kind, ts, &quoted);
+    if is_json(&payload) {
+        return payload;
     }
-    Publication::new(topic.clone(), seq, epoch, kind, ts, &payload)
+    tracing::warn!(%topic, seq, "document in Redis is not valid JSON; delivering it as a string");
+    serde_json::Value::String(payload.into_owned())
+        .to_string()
+        .into()
+}
+
+fn build(
+    origin: &Origin,
+    topic: &Topic,
+    (seq, epoch, kind, published_ms): (u64, Arc<str>, FrameType, i64),
+    payload_json: &str,
+    meta_json: Option<&str>,
+) -> Pub {
+    origin.publication(
+        topic.clone(),
+        Parts {
+            seq,
+            epoch,
+            kind,
+            published_ms,
+            payload_json,
+            meta_json,
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dec() -> Decoder {
+        Decoder::new(Origin::new("n1"))
+    }
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Bytes> {
         pairs
@@ -139,13 +254,13 @@ mod tests {
     fn a_snapshot_that_is_not_json_becomes_a_json_string() {
         let t = Topic::parse("a").unwrap();
         for raw in [&b"{\"bid\":"[..], b"\xff\xfe", b"NaN"] {
-            let p = snapshot(&t, 3, "e".into(), 1, raw);
+            let p = snapshot(&Origin::new("n1"), &t, 3, "e".into(), 1, raw);
             let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
             assert!(v["payload"].is_string(), "{v}");
             assert_eq!(v["type"], "snapshot");
             assert_eq!(v["seq"], 3);
         }
-        let good = snapshot(&t, 4, "e".into(), 1, br#"{"bid":1}"#);
+        let good = snapshot(&Origin::new("n1"), &t, 4, "e".into(), 1, br#"{"bid":1}"#);
         let v: serde_json::Value = serde_json::from_str(good.frame.as_str()).unwrap();
         assert_eq!(v["payload"]["bid"], 1);
     }
@@ -155,7 +270,7 @@ mod tests {
         let t = Topic::parse("a").unwrap();
         let mut f = fields(&[("e", "x")]);
         f.insert("p".into(), Bytes::from_static(b"\"\xff\""));
-        let p = decode_entry(&t, "1-1", &f, &mut EpochCache::default()).unwrap();
+        let p = decode_entry(&t, "1-1", &f, &mut dec()).unwrap();
         let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
         assert_eq!(v["payload"], "\u{fffd}", "lossy UTF-8, still a valid frame");
     }
@@ -163,7 +278,7 @@ mod tests {
     #[test]
     fn decodes_the_fields_the_function_writes() {
         let t = Topic::parse("prices.A").unwrap();
-        let mut cache = EpochCache::default();
+        let mut cache = dec();
         let p = decode_entry(
             &t,
             "1700000000000-7",
@@ -175,7 +290,10 @@ mod tests {
         assert_eq!(&*p.epoch, "ep");
         assert_eq!(p.kind, FrameType::Alert);
         assert_eq!(p.published_ms, 5);
-        assert!(p.frame.as_str().ends_with(r#""payload":{"x":1}}"#));
+        assert!(p
+            .frame
+            .as_str()
+            .ends_with(r#""payload":{"x":1},"meta":{"node":"n1"}}"#));
         let q = decode_entry(
             &t,
             "1700000000000-8",
@@ -193,7 +311,7 @@ mod tests {
             &t,
             "1-1",
             &fields(&[("e", "x"), ("p", "1.")]),
-            &mut EpochCache::default(),
+            &mut dec(),
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
@@ -211,14 +329,14 @@ mod tests {
                 &t,
                 "1-1",
                 &fields(&[("e", "x"), ("p", payload)]),
-                &mut EpochCache::default(),
+                &mut dec(),
             )
             .unwrap();
             let v: serde_json::Value =
                 serde_json::from_str(p.frame.as_str()).expect("a valid frame");
             assert_eq!(v["payload"], payload);
             let live = format!("1\nx\ndelta\n0\n{payload}");
-            let q = decode_live(&t, live.as_bytes(), &mut EpochCache::default()).unwrap();
+            let q = decode_live(&t, live.as_bytes(), &mut dec()).unwrap();
             let w: serde_json::Value =
                 serde_json::from_str(q.frame.as_str()).expect("a valid frame");
             assert_eq!(w["payload"], payload);
@@ -226,7 +344,7 @@ mod tests {
     }
 
     fn live(topic: &Topic, msg: &[u8]) -> Result<Pub, LiveError> {
-        decode_live(topic, msg, &mut EpochCache::default())
+        decode_live(topic, msg, &mut dec())
     }
 
     #[test]
@@ -250,7 +368,7 @@ mod tests {
     #[test]
     fn a_live_message_and_its_stream_entry_give_the_same_frame() {
         let t = Topic::parse("a").unwrap();
-        let mut cache = EpochCache::default();
+        let mut cache = dec();
         let from_live = decode_live(&t, b"7\nep\ndelta\n5\n{\"x\":1}", &mut cache).unwrap();
         let from_stream = decode_entry(
             &t,
@@ -294,7 +412,7 @@ mod tests {
     #[test]
     fn refuses_entries_that_are_not_ours() {
         let t = Topic::parse("a").unwrap();
-        let mut cache = EpochCache::default();
+        let mut cache = dec();
         assert!(decode_entry(&t, "bad", &fields(&[("e", "x"), ("p", "1")]), &mut cache).is_none());
         assert!(decode_entry(&t, "1-1", &fields(&[("p", "1")]), &mut cache).is_none());
         assert!(decode_entry(&t, "1-1", &fields(&[("e", "x")]), &mut cache).is_none());

@@ -46,13 +46,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::{
-    decode::{decode_entry, EpochCache},
+    decode::{decode_entry, Decoder},
     errors::{from_failure, parse_url, unavailable},
     reader::Live,
 };
 use super::{Broker, BrokerError, PublishRequest, TopicState};
 use crate::metrics::Metrics;
-use crate::publication::{Pub, Sink};
+use crate::publication::{Origin, Pub, Sink};
 
 /// The function library, with `__HISTORY_SIZE__` and `__HISTORY_TTL__` to fill in.
 const LIBRARY: &str = include_str!("sluice.lua");
@@ -93,6 +93,8 @@ pub struct RedisBroker {
     /// followed topics.
     live: Arc<Live>,
     sink: Arc<dyn Sink>,
+    /// This node, as `meta.node` of every envelope it decodes.
+    origin: Origin,
     library: String,
     /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
     replica_wait: ReplicaWait,
@@ -123,11 +125,13 @@ fn builder(config: &RedisConfig, command_timeout: Option<Duration>) -> Builder {
 
 impl RedisBroker {
     /// Connects to any `REDIS_URL` form (with `settings`: TLS roots, replica wait),
-    /// loads the function library on every master and starts the readers.
+    /// loads the function library on every master and starts the readers. Every
+    /// publication it decodes is stamped with `origin` (`meta.node`).
     pub async fn connect(
         url: &str,
         settings: &RedisSettings,
         sink: Arc<dyn Sink>,
+        origin: Origin,
         metrics: Arc<Metrics>,
         history_size: usize,
         history_ttl: Duration,
@@ -160,6 +164,7 @@ impl RedisBroker {
             probe,
             live,
             sink: sink.clone(),
+            origin,
             library: library_source(history_size, history_ttl),
             replica_wait: ReplicaWait::new(settings.replicas, settings.replica_timeout),
             primaries: Mutex::new(Vec::new()),
@@ -179,7 +184,11 @@ impl RedisBroker {
             _ => warn!(url = %shown, "Redis is unreachable; starting not ready and retrying"),
         }
         let tasks = vec![
-            tokio::spawn(broker.live.clone().run(sink.clone(), broker.stop.clone())),
+            tokio::spawn(broker.live.clone().run(
+                sink.clone(),
+                Decoder::new(broker.origin.clone()),
+                broker.stop.clone(),
+            )),
             tokio::spawn(broker.clone().watch_health(metrics)),
         ];
         *broker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
@@ -255,6 +264,7 @@ impl Broker for RedisBroker {
             kind: req.kind,
             payload_json: req.payload_json,
             snapshot_json: req.snapshot_json,
+            meta_json: req.meta_json,
         };
         // One client for both steps: WAIT counts the writes of its own connection.
         let client = self.pool.next();
@@ -289,7 +299,7 @@ impl Broker for RedisBroker {
         } else {
             time_fmt::now_ms()
         };
-        let snapshot = snap.map(|s| decode::snapshot(topic, snap_seq, e, ts, &s));
+        let snapshot = snap.map(|s| decode::snapshot(&self.origin, topic, snap_seq, e, ts, &s));
         Ok(TopicState {
             position: Some(StreamPosition { seq, epoch }),
             snapshot,
@@ -329,10 +339,10 @@ impl Broker for RedisBroker {
             )
             .await
             .map_err(unavailable)?;
-        let mut epochs = EpochCache::default();
+        let mut decoder = Decoder::new(self.origin.clone());
         let page: Vec<Pub> = entries
             .iter()
-            .filter_map(|(id, fields)| decode_entry(topic, id, fields, &mut epochs))
+            .filter_map(|(id, fields)| decode_entry(topic, id, fields, &mut decoder))
             .collect();
         // The next resume from the same place is answered from memory.
         self.live.backfill(topic, &page);

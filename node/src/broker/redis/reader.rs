@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 mod catch_up;
 
 use super::{
-    decode::{decode_live, EpochCache},
+    decode::{decode_live, Decoder},
     tail::{Fit, Tail},
 };
 use crate::{
@@ -225,34 +225,39 @@ impl Live {
         m.iter().map(|(t, f)| (t.clone(), f.tail.len())).collect()
     }
 
-    /// The reader task; ends when `stop` is cancelled.
-    pub(super) async fn run(self: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
+    /// The reader task; ends when `stop` is cancelled. It decodes with `decoder`
+    /// (this node's origin), so the publications it delivers name this node.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        sink: Arc<dyn Sink>,
+        mut decoder: Decoder,
+        stop: CancellationToken,
+    ) {
         let Some(mut arms) = self.arm_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
-        let mut epochs = EpochCache::default();
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 r = reconnects.recv() => match r {
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.recover(&*sink, &mut epochs).await,
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.recover(&*sink, &mut decoder).await,
                     Err(RecvError::Closed) => return,
                 },
                 m = messages.recv() => match m {
-                    Ok(m) => self.on_message(m, &*sink, &mut epochs).await,
+                    Ok(m) => self.on_message(m, &*sink, &mut decoder).await,
                     Err(RecvError::Lagged(n)) => {
                         warn!(missed = n, "live reader fell behind; reading every followed stream");
                         let all = self.armed_topics();
-                        self.catch_up(all, &*sink, &mut epochs).await;
+                        self.catch_up(all, &*sink, &mut decoder).await;
                     }
                     Err(RecvError::Closed) => return,
                 },
                 a = arms.recv() => match a {
-                    Some(a) => self.arm(a, &*sink, &mut epochs).await,
+                    Some(a) => self.arm(a, &*sink, &mut decoder).await,
                     None => return,
                 },
                 _ = retry.tick() => {
@@ -263,7 +268,7 @@ impl Live {
                         .map(|(t, _)| t.clone())
                         .collect();
                     if !stale.is_empty() {
-                        self.catch_up(stale, &*sink, &mut epochs).await;
+                        self.catch_up(stale, &*sink, &mut decoder).await;
                     }
                 }
             }
@@ -278,7 +283,7 @@ impl Live {
             .collect()
     }
 
-    async fn on_message(&self, m: Message, sink: &dyn Sink, epochs: &mut EpochCache) {
+    async fn on_message(&self, m: Message, sink: &dyn Sink, decoder: &mut Decoder) {
         if m.kind != MessageKind::SMessage {
             return;
         }
@@ -290,8 +295,8 @@ impl Live {
             Value::String(s) => s.as_bytes(),
             _ => return,
         };
-        match decode_live(&topic, body, epochs) {
-            Ok(p) => self.offer(p, sink, epochs).await,
+        match decode_live(&topic, body, decoder) {
+            Ok(p) => self.offer(p, sink, decoder).await,
             // Not written by the function (anyone may SPUBLISH): the stream decides.
             Err(e) => warn!(%topic, error = %e, "ignoring a malformed live message"),
         }
@@ -299,12 +304,12 @@ impl Live {
 
     /// Delivers `p` if it is the topic's next publication; after a jump, reads the
     /// stream up to it first.
-    async fn offer(&self, p: Pub, sink: &dyn Sink, epochs: &mut EpochCache) {
+    async fn offer(&self, p: Pub, sink: &dyn Sink, decoder: &mut Decoder) {
         match self.place(&p) {
             Some(Fit::Gap) => {
                 debug!(topic = %p.topic, seq = p.seq, "seq jump on the live path; reading the stream");
                 self.forget_other_epoch(&p);
-                self.catch_up(vec![p.topic.clone()], sink, epochs).await;
+                self.catch_up(vec![p.topic.clone()], sink, decoder).await;
                 // The read covers `p` unless Redis failed (then the topic is stale
                 // and read again) or `p` was of an older epoch (dropped).
                 if self.place(&p) == Some(Fit::Next) {
@@ -348,7 +353,7 @@ impl Live {
         Some(fit)
     }
 
-    async fn arm(&self, a: Arm, sink: &dyn Sink, epochs: &mut EpochCache) {
+    async fn arm(&self, a: Arm, sink: &dyn Sink, decoder: &mut Decoder) {
         let (early, read) = {
             let mut m = self.lock();
             match m.get_mut(&a.topic) {
@@ -364,17 +369,17 @@ impl Live {
             }
         };
         for p in early {
-            self.offer(p, sink, epochs).await;
+            self.offer(p, sink, decoder).await;
         }
         if read {
-            self.catch_up(vec![a.topic.clone()], sink, epochs).await;
+            self.catch_up(vec![a.topic.clone()], sink, decoder).await;
         }
         let _ = a.done.send(());
     }
 
     /// The subscriber connection came back: subscribe again to every followed
     /// topic, then read each from its position.
-    async fn recover(&self, sink: &dyn Sink, epochs: &mut EpochCache) {
+    async fn recover(&self, sink: &dyn Sink, decoder: &mut Decoder) {
         let topics: Vec<Topic> = {
             let mut m = self.lock();
             for f in m.values_mut().filter(|f| !f.armed) {
@@ -400,6 +405,6 @@ impl Live {
             topics = armed.len(),
             "live connection back; reading every followed stream"
         );
-        self.catch_up(armed, sink, epochs).await;
+        self.catch_up(armed, sink, decoder).await;
     }
 }

@@ -19,10 +19,17 @@
 --   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
 --                             e   epoch    t  type ("delta" or "alert")
 --                             p   payload  ts publish time, unix ms
+--                             m   the engine's meta (JSON object), only when
+--                                 given; entries without it have no meta
 --   sluice:{T}:live    sharded pub/sub channel (not a key): every publish ends
 --                      with SPUBLISH of the entry to it, as five fields split by
 --                      "\n": <seq> <epoch> <type> <ts> <payload> (the payload last,
---                      as it may hold newlines). Only nodes that follow T are
+--                      as it may hold newlines). With meta, the type field is
+--                      "<type>:<meta length in bytes>" and the meta text comes
+--                      right before the payload in the last field:
+--                      <seq> <epoch> delta:17 <ts> {"source":"feed"}{"bid":1}
+--                      (a node that does not know this form ignores the message
+--                      and reads the entry from the stream). Only nodes that follow T are
 --                      subscribed (SSUBSCRIBE), so a publish costs Redis nothing
 --                      per node that does not follow its topic; the channel's
 --                      hash tag puts it in T's slot on Cluster, on T's master.
@@ -47,6 +54,15 @@
 -- evicted alone), ems is raised above the old stream's last id if the clock
 -- is behind it; the old stream is then deleted (histories of two epochs are
 -- never mixed).
+--
+-- Meta: the optional 4th argument is the engine's meta, a JSON object of at
+-- most MAX_META_BYTES bytes (a source, a trace id) without the key "node",
+-- which every node fills in with its own id when it delivers the entry (a
+-- "node" from the engine is refused, not overwritten, so an engine learns at
+-- once). It is stored verbatim in the entry's "m" field and carried on the live
+-- channel; snapshots carry no engine meta. An empty 3rd argument means "no
+-- snapshot", so meta can be given without one. Without meta the entry, the
+-- live message and the commands are exactly those of a publish without it.
 --
 -- Trimming: with the default stream-node-max-entries (100), "MAXLEN ~ N"
 -- only drops whole radix-tree nodes, so on 7.0 a stream trimmed with
@@ -75,6 +91,8 @@ if HISTORY_SIZE < 1000 then
 end
 
 local MAX_TOPIC_BYTES = 200
+-- The largest meta accepted (common/src/protocol/meta.rs has the same number).
+local MAX_META_BYTES = 4096
 -- (The math library is not available while the library loads.)
 local TTL_REFRESH_MS = HISTORY_TTL * 100
 if TTL_REFRESH_MS > 60000 then
@@ -182,6 +200,25 @@ local function json_problem(what, text)
     return nil
 end
 
+-- nil when text is acceptable engine meta (see "Meta" above), else the reason.
+local function meta_problem(text)
+    if #text > MAX_META_BYTES then
+        return 'meta is ' .. #text .. ' bytes, more than the ' .. MAX_META_BYTES .. ' allowed'
+    end
+    local problem = json_problem('meta', text)
+    if problem then
+        return problem
+    end
+    -- cjson decodes objects and arrays alike into tables: look at the text.
+    if not string.find(text, '^[ \t\n\r]*{') then
+        return 'meta must be a JSON object'
+    end
+    if cjson.decode(text)['node'] ~= nil then
+        return 'meta key "node" is reserved: the delivering node fills it in'
+    end
+    return nil
+end
+
 local function fail(reason)
     return redis.error_reply('ERR sluice: ' .. reason)
 end
@@ -202,8 +239,8 @@ local function to_base36(n)
     return table.concat(digits)
 end
 
--- FCALL sluice_publish 1 <topic> <payload-json> [<type> [<snapshot-json>]]
--- -> {seq, epoch}
+-- FCALL sluice_publish 1 <topic> <payload-json> [<type> [<snapshot-json> [<meta-json>]]]
+-- -> {seq, epoch}. An empty <snapshot-json> means no snapshot.
 local function publish(keys, args)
     if #keys ~= 1 then
         return fail('expected exactly 1 key (the topic), got ' .. #keys)
@@ -216,8 +253,8 @@ local function publish(keys, args)
     if #args < 1 then
         return fail('payload is missing')
     end
-    if #args > 3 then
-        return fail('too many arguments: expected <payload> [<type> [<snapshot>]]')
+    if #args > 4 then
+        return fail('too many arguments: expected <payload> [<type> [<snapshot> [<meta>]]]')
     end
     local payload = args[1]
     problem = json_problem('payload', payload)
@@ -232,9 +269,17 @@ local function publish(keys, args)
         end
     end
     local snapshot = nil
-    if #args >= 3 then
+    if #args >= 3 and args[3] ~= '' then
         snapshot = args[3]
         problem = json_problem('snapshot', snapshot)
+        if problem then
+            return fail(problem)
+        end
+    end
+    local engine_meta = nil
+    if #args >= 4 then
+        engine_meta = args[4]
+        problem = meta_problem(engine_meta)
         if problem then
             return fail(problem)
         end
@@ -269,14 +314,23 @@ local function publish(keys, args)
 
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     local seq_str = string.format('%d', seq)
-    redis.call('XADD', stream, 'MAXLEN', TRIM_OP, string.format('%d', HISTORY_SIZE), ems .. '-' .. seq_str,
-        'e', epoch, 't', msg_type, 'p', payload, 'ts', string.format('%d', now_ms))
+    local ts_str = string.format('%d', now_ms)
+    local live_type, live_body = msg_type, payload
+    if engine_meta then
+        redis.call('XADD', stream, 'MAXLEN', TRIM_OP, string.format('%d', HISTORY_SIZE), ems .. '-' .. seq_str,
+            'e', epoch, 't', msg_type, 'p', payload, 'ts', ts_str, 'm', engine_meta)
+        live_type = msg_type .. ':' .. string.format('%d', #engine_meta)
+        live_body = engine_meta .. payload
+    else
+        redis.call('XADD', stream, 'MAXLEN', TRIM_OP, string.format('%d', HISTORY_SIZE), ems .. '-' .. seq_str,
+            'e', epoch, 't', msg_type, 'p', payload, 'ts', ts_str)
+    end
     if snapshot then
-        redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str, 'snap_ts', string.format('%d', now_ms))
+        redis.call('HSET', meta, 'snap', snapshot, 'snap_seq', seq_str, 'snap_ts', ts_str)
     end
     -- Hand the entry to the nodes following the topic (see sluice:{T}:live above).
     redis.call('SPUBLISH', 'sluice:{' .. topic .. '}:live',
-        seq_str .. '\n' .. epoch .. '\n' .. msg_type .. '\n' .. string.format('%d', now_ms) .. '\n' .. payload)
+        seq_str .. '\n' .. epoch .. '\n' .. live_type .. '\n' .. ts_str .. '\n' .. live_body)
     if not exp or now_ms - exp >= TTL_REFRESH_MS then
         local ttl = string.format('%d', HISTORY_TTL)
         redis.call('HSET', meta, 'exp', string.format('%d', now_ms))

@@ -13,7 +13,7 @@ use super::{unavailable, Live, CATCH_UP_CONCURRENCY};
 use crate::{
     broker::{
         redis::{
-            decode::{decode_entry, EpochCache},
+            decode::{decode_entry, Decoder},
             tail::Fit,
         },
         BrokerError,
@@ -39,7 +39,7 @@ impl Live {
         &self,
         mut topics: Vec<Topic>,
         sink: &dyn Sink,
-        epochs: &mut EpochCache,
+        decoder: &mut Decoder,
     ) {
         while !topics.is_empty() {
             let mut again = Vec::new();
@@ -53,7 +53,7 @@ impl Live {
                     Some(async move { (t, from, self.read(t, from).await) })
                 });
                 for (topic, from, read) in futures_util::future::join_all(reads).await {
-                    if self.apply(topic, from, read, sink, epochs) {
+                    if self.apply(topic, from, read, sink, decoder) {
                         again.push(topic.clone());
                     }
                 }
@@ -90,7 +90,7 @@ impl Live {
         from: u64,
         read: Read,
         sink: &dyn Sink,
-        epochs: &mut EpochCache,
+        decoder: &mut Decoder,
     ) -> bool {
         let mut delivered = Vec::new();
         let more = {
@@ -110,7 +110,7 @@ impl Live {
             let full = entries.len() >= CATCH_UP_PAGE;
             let page: Vec<Pub> = entries
                 .iter()
-                .filter_map(|(id, fields)| decode_entry(topic, id, fields, epochs))
+                .filter_map(|(id, fields)| decode_entry(topic, id, fields, decoder))
                 .collect();
             let Some(first) = page.first() else {
                 let restarted = f
