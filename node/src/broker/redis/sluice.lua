@@ -201,19 +201,29 @@ local function json_problem(what, text)
 end
 
 -- nil when text is acceptable engine meta (see "Meta" above), else the reason.
+-- The same checks as json_problem, with one decode that also looks for "node".
 local function meta_problem(text)
     if #text > MAX_META_BYTES then
         return 'meta is ' .. #text .. ' bytes, more than the ' .. MAX_META_BYTES .. ' allowed'
     end
-    local problem = json_problem('meta', text)
-    if problem then
-        return problem
+    if text == '' then
+        return 'meta is missing'
     end
     -- cjson decodes objects and arrays alike into tables: look at the text.
     if not string.find(text, '^[ \t\n\r]*{') then
         return 'meta must be a JSON object'
     end
-    if cjson.decode(text)['node'] ~= nil then
+    local problem = text_problem(text)
+    if problem then
+        return 'meta is not valid JSON (' .. problem .. ')'
+    end
+    cjson.decode_invalid_numbers(false)
+    local ok, doc = pcall(cjson.decode, text)
+    if not ok then
+        doc = string.gsub(tostring(doc), '^[^:]*:%d+: ', '')
+        return 'meta is not valid JSON (' .. doc .. ')'
+    end
+    if doc['node'] ~= nil then
         return 'meta key "node" is reserved: the delivering node fills it in'
     end
     return nil
