@@ -100,7 +100,10 @@ async fn embedded_broker_every_delivery_names_the_node_and_carries_engine_meta()
     let got = fresh.recv_pubs(3).await;
     assert_eq!(got[0]["type"], "snapshot");
     assert_eq!(seqs(&got), [1, 2, 3]);
-    assert_eq!(meta_of(&got), [json!({"node": "mem-a"}), want[1].clone(), want[2].clone()]);
+    assert_eq!(
+        meta_of(&got),
+        [json!({"node": "mem-a"}), want[1].clone(), want[2].clone()]
+    );
 
     // A resume replays from history with the same meta.
     let epoch = got[1]["epoch"].as_str().expect("epoch").to_owned();
@@ -158,23 +161,39 @@ async fn on_redis_each_node_names_itself_on_live_resumed_and_snapshot_frames() {
     on_b.subscribe(json!({"topic": topic})).await;
 
     // 1: an old-style publish, no meta (an entry without `m`).
-    fcall(&rc, topic, &["{\"i\":1}"]).await.expect("plain FCALL");
+    fcall(&rc, topic, &["{\"i\":1}"])
+        .await
+        .expect("plain FCALL");
     // 2: meta straight through FCALL, with a snapshot; whitespace and number text
     //    are kept as the engine wrote them.
     fcall(
         &rc,
         topic,
-        &["{\"i\":2}", "delta", "{\"s\":2}", " {\"source\": \"fcall\", \"n\": 1.50} "],
+        &[
+            "{\"i\":2}",
+            "delta",
+            "{\"s\":2}",
+            " {\"source\": \"fcall\", \"n\": 1.50} ",
+        ],
     )
     .await
     .expect("FCALL with meta");
     // 3: meta without a snapshot (an empty snapshot argument).
-    fcall(&rc, topic, &["{\"i\":3}", "alert", "", "{\"trace\":\"t-3\"}"])
-        .await
-        .expect("FCALL with meta, no snapshot");
+    fcall(
+        &rc,
+        topic,
+        &["{\"i\":3}", "alert", "", "{\"trace\":\"t-3\"}"],
+    )
+    .await
+    .expect("FCALL with meta, no snapshot");
     // 4: through the Rust Publisher.
     engine
-        .publish_with_meta(topic, PublishKind::Delta, &json!({"i": 4}), &json!({"source": "rust"}))
+        .publish_with_meta(
+            topic,
+            PublishKind::Delta,
+            &json!({"i": 4}),
+            &json!({"source": "rust"}),
+        )
         .await
         .expect("publish_with_meta");
     // 5: through POST /publish on node a.
@@ -318,7 +337,13 @@ async fn on_redis_an_entry_with_foreign_meta_is_delivered_with_the_node_meta_alo
                 false,
                 None::<()>,
                 format!("{ems}-{seq}"),
-                vec![("e", epoch.as_str()), ("t", "delta"), ("p", "2"), ("ts", "0"), ("m", m)],
+                vec![
+                    ("e", epoch.as_str()),
+                    ("t", "delta"),
+                    ("p", "2"),
+                    ("ts", "0"),
+                    ("m", m),
+                ],
             )
             .await
             .expect("XADD");

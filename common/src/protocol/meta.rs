@@ -113,7 +113,10 @@ mod tests {
         let pretty = "{\n  \"trace\": \"t-1\",\n  \"tags\": [1, {\"a\": {}}]\n}\n";
         let merged = merge_meta(&node, pretty);
         let v: Value = serde_json::from_str(&merged).unwrap();
-        assert_eq!(v, json!({"node":"node-a","trace":"t-1","tags":[1,{"a":{}}]}));
+        assert_eq!(
+            v,
+            json!({"node":"node-a","trace":"t-1","tags":[1,{"a":{}}]})
+        );
         assert!(merged.starts_with(r#"{"node":"node-a","#));
     }
 
@@ -136,7 +139,10 @@ mod tests {
         assert_eq!(check_meta("{oops"), Err(MetaError::NotJson));
         assert_eq!(check_meta(r#"{"a":1e999}"#), Err(MetaError::NotJson));
         assert_eq!(check_meta(r#"{"node":"x"}"#), Err(MetaError::Reserved));
-        assert_eq!(check_meta(r#"{"a":1,"node":null}"#), Err(MetaError::Reserved));
+        assert_eq!(
+            check_meta(r#"{"a":1,"node":null}"#),
+            Err(MetaError::Reserved)
+        );
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_META_BYTES));
         assert_eq!(check_meta(&big), Err(MetaError::TooLarge(big.len())));
         let fits = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_META_BYTES - 8));

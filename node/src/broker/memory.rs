@@ -360,8 +360,13 @@ mod tests {
         .unwrap();
         b.publish(req(&t, "2", None)).await.unwrap();
         let h = b.history(&t, 1, 10).await.unwrap();
-        let meta = |p: &Pub| serde_json::from_str::<serde_json::Value>(p.frame.as_str()).unwrap()["meta"].clone();
-        assert_eq!(meta(&h[0]), serde_json::json!({"node":"mem-1","source":"feed"}));
+        let meta = |p: &Pub| {
+            serde_json::from_str::<serde_json::Value>(p.frame.as_str()).unwrap()["meta"].clone()
+        };
+        assert_eq!(
+            meta(&h[0]),
+            serde_json::json!({"node":"mem-1","source":"feed"})
+        );
         assert_eq!(meta(&h[1]), serde_json::json!({"node":"mem-1"}));
         let snap = b.state(&t).await.unwrap().snapshot.unwrap();
         assert_eq!(meta(&snap), serde_json::json!({"node":"mem-1"}));

@@ -70,13 +70,7 @@ fn decodes_the_fields_the_function_writes() {
 #[test]
 fn an_invalid_payload_is_delivered_as_a_json_string() {
     let t = Topic::parse("a").unwrap();
-    let p = decode_entry(
-        &t,
-        "1-1",
-        &fields(&[("e", "x"), ("p", "1.")]),
-        &mut dec(),
-    )
-    .unwrap();
+    let p = decode_entry(&t, "1-1", &fields(&[("e", "x"), ("p", "1.")]), &mut dec()).unwrap();
     let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).unwrap();
     assert_eq!(v["payload"], "1.");
 }
@@ -95,13 +89,11 @@ fn a_payload_clients_cannot_parse_is_delivered_as_a_json_string() {
             &mut dec(),
         )
         .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(p.frame.as_str()).expect("a valid frame");
+        let v: serde_json::Value = serde_json::from_str(p.frame.as_str()).expect("a valid frame");
         assert_eq!(v["payload"], payload);
         let live = format!("1\nx\ndelta\n0\n{payload}");
         let q = decode_live(&t, live.as_bytes(), &mut dec()).unwrap();
-        let w: serde_json::Value =
-            serde_json::from_str(q.frame.as_str()).expect("a valid frame");
+        let w: serde_json::Value = serde_json::from_str(q.frame.as_str()).expect("a valid frame");
         assert_eq!(w["payload"], payload);
     }
 }
@@ -253,7 +245,14 @@ fn an_entry_without_meta_has_the_node_alone_and_bad_meta_is_dropped() {
     let old = decode_entry(&t, "1-1", &fields(&[("e", "x"), ("p", "1")]), &mut d).unwrap();
     assert_eq!(frame(&old)["meta"], serde_json::json!({"node": "n1"}));
     let big = format!("{{\"a\":\"{}\"}}", "x".repeat(5000));
-    for bad in ["[1]", "7", "{oops", "{\"node\":\"forged\"}", "", big.as_str()] {
+    for bad in [
+        "[1]",
+        "7",
+        "{oops",
+        "{\"node\":\"forged\"}",
+        "",
+        big.as_str(),
+    ] {
         let p = decode_entry(
             &t,
             "1-2",
@@ -263,11 +262,18 @@ fn an_entry_without_meta_has_the_node_alone_and_bad_meta_is_dropped() {
         .unwrap();
         let v = frame(&p);
         assert_eq!(v["meta"], serde_json::json!({"node": "n1"}), "{bad:.20}");
-        assert_eq!((v["seq"].as_u64(), &v["payload"]), (Some(2), &serde_json::json!(1)));
+        assert_eq!(
+            (v["seq"].as_u64(), &v["payload"]),
+            (Some(2), &serde_json::json!(1))
+        );
         // The same on the live path: delivered, meta dropped, no gap.
         let msg = format!("2\nx\ndelta:{}\n0\n{bad}1", bad.len());
         let q = live(&t, msg.as_bytes()).unwrap();
-        assert_eq!(frame(&q)["meta"], serde_json::json!({"node": "n1"}), "{bad:.20}");
+        assert_eq!(
+            frame(&q)["meta"],
+            serde_json::json!({"node": "n1"}),
+            "{bad:.20}"
+        );
     }
     let mut f = fields(&[("e", "x"), ("p", "1")]);
     f.insert("m".into(), Bytes::from_static(b"{\"a\":\"\xff\"}"));
