@@ -73,8 +73,9 @@ async fn check_reads(writer: &TestNode, reader: &TestNode) {
     assert_eq!(status, 200, "{v}");
     assert_state(&v, "prices.REST1", &epoch, 5);
 
-    // The history holds exactly what a resuming socket gets, byte for byte.
-    let mut ws = writer.client().await;
+    // The history holds exactly what a resuming socket on the same node gets (each
+    // envelope's `meta.node` names the node that answers).
+    let mut ws = reader.client().await;
     ws.subscribe(
         json!({"type": "subscribe", "topic": "prices.REST1", "resume_from_seq": 1, "epoch": epoch}),
     )
