@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sluice_common::{
-    publisher::{PublishError, Publisher},
+    publisher::{PublishError, PublishKind, Publisher},
     redis_client::RedisFailure,
 };
 use tokio::time::timeout;
@@ -25,21 +25,30 @@ pub struct Failure {
     pub reconnect: bool,
 }
 
+/// The engine's meta on every message it publishes: subscribers see
+/// `"meta":{"node":"<node>","source":"sluice-demo-engine"}`.
+pub const META: &str = r#"{"source":"sluice-demo-engine"}"#;
+
 pub async fn publish(publisher: &Publisher, out: &Outgoing) -> Result<(), Failure> {
+    let (topic, kind, payload, snapshot) = match out {
+        Outgoing::Delta {
+            topic,
+            payload,
+            snapshot,
+        } => (topic, PublishKind::Delta, payload, snapshot.as_ref()),
+        Outgoing::Alert { topic, payload } => (topic, PublishKind::Alert, payload, None),
+    };
     let call = async {
-        match out {
-            Outgoing::Delta {
+        let snapshot = snapshot.map(|s| s.to_string());
+        publisher
+            .publish_json_with_meta(
                 topic,
-                payload,
-                snapshot: Some(s),
-            } => publisher.publish_with_snapshot(topic, payload, s).await,
-            Outgoing::Delta {
-                topic,
-                payload,
-                snapshot: None,
-            } => publisher.publish(topic, payload).await,
-            Outgoing::Alert { topic, payload } => publisher.alert(topic, payload).await,
-        }
+                kind,
+                &payload.to_string(),
+                snapshot.as_deref(),
+                Some(META),
+            )
+            .await
     };
     match timeout(PUBLISH_TIMEOUT, call).await {
         Ok(Ok(_)) => Ok(()),
@@ -114,6 +123,11 @@ mod tests {
             "{}",
             bad_topic.message
         );
+    }
+
+    #[test]
+    fn the_engine_meta_is_accepted_meta() {
+        assert_eq!(sluice_common::protocol::meta::check_meta(META), Ok(()));
     }
 
     #[test]

@@ -11,7 +11,10 @@ use fred::{
 };
 use serde_json::{json, Value};
 use sluice_common::publisher::{PublishError, PublishKind, Publisher};
-use sluice_tests::{redis::TestRedis, seqs, start_node, start_redis_node, TestNode, ADMIN_TOKEN};
+use sluice_tests::{
+    process::NodeProcess, redis::TestRedis, seqs, start_node, start_redis_node, TestNode, WsClient,
+    ADMIN_TOKEN,
+};
 
 fn meta_of(frames: &[Value]) -> Vec<Value> {
     frames.iter().map(|f| f["meta"].clone()).collect()
@@ -364,4 +367,61 @@ async fn on_redis_an_entry_with_foreign_meta_is_delivered_with_the_node_meta_alo
         ]
     );
     let _ = rc.quit().await;
+}
+
+#[tokio::test]
+async fn node_processes_name_themselves_live_and_after_a_resume_on_another_node() {
+    let redis = TestRedis::start().await;
+    let env = [("REDIS_URL", redis.url.clone())];
+    let mut a = NodeProcess::start("proc-meta-a", &env).await;
+    let b = NodeProcess::start("proc-meta-b", &env).await;
+    let topic = "prices.META5";
+    let mut on_a = WsClient::connect(&a.ws_url()).await.expect("connect a");
+    on_a.subscribe(json!({"topic": topic})).await;
+    let mut on_b = WsClient::connect(&b.ws_url()).await.expect("connect b");
+    on_b.subscribe(json!({"topic": topic})).await;
+
+    let engine = Publisher::connect(&redis.url, 1).await.expect("publisher");
+    for i in 1..=3 {
+        engine
+            .publish_with_meta(
+                topic,
+                PublishKind::Delta,
+                &json!({"i": i}),
+                &json!({"source": "proc"}),
+            )
+            .await
+            .expect("publish");
+    }
+    let got_a = on_a.recv_pubs(3).await;
+    assert_eq!(
+        meta_of(&got_a),
+        vec![json!({"node": "proc-meta-a", "source": "proc"}); 3]
+    );
+    assert_eq!(
+        meta_of(&on_b.recv_pubs(3).await),
+        vec![json!({"node": "proc-meta-b", "source": "proc"}); 3]
+    );
+
+    // Node a dies; its client resumes on b and gets the missed message from b.
+    a.kill();
+    engine
+        .publish(topic, &json!({"i": 4}))
+        .await
+        .expect("publish");
+    let epoch = got_a[0]["epoch"].as_str().expect("epoch").to_owned();
+    let mut moved = WsClient::connect(&b.ws_url()).await.expect("connect b");
+    let ack = moved
+        .subscribe(json!({"topic": topic, "resume_from_seq": 3, "epoch": epoch}))
+        .await;
+    assert_eq!(ack["payload"]["recovered"], true, "{ack}");
+    let got = moved.recv_pubs(2).await;
+    assert_eq!(seqs(&got), [3, 4]);
+    assert_eq!(
+        meta_of(&got),
+        [
+            json!({"node": "proc-meta-b", "source": "proc"}),
+            json!({"node": "proc-meta-b"}),
+        ]
+    );
 }
