@@ -378,7 +378,12 @@ async fn the_function_rejects_bad_arguments_and_writes_nothing() {
         ),
         (
             vec!["ok.topic"],
-            vec!["{}", "delta", "{}", "extra"],
+            vec!["{}", "delta", "{}", "[1]"],
+            "meta must be a JSON object",
+        ),
+        (
+            vec!["ok.topic"],
+            vec!["{}", "delta", "{}", "{}", "extra"],
             "too many arguments",
         ),
     ];
