@@ -5,13 +5,15 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sluice_node::config::{AuthMode, JwtKey};
 use sluice_tests::{
     redis::TestRedis,
     security::{mint, now, Signer},
-    seqs, start_node, start_redis_node, TestNode, ADMIN_TOKEN,
+    seqs, start_node, start_redis_node, TestNode, WsClient, ADMIN_TOKEN,
 };
+use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "rest-reads-hs256-secret-of-32-bytes-or-more";
 
@@ -296,4 +298,76 @@ async fn with_auth_required_the_subscribe_permissions_apply() {
         (status, seqs(v["messages"].as_array().unwrap())),
         (200, vec![1])
     );
+}
+
+/// Stored JSON goes out as the engine wrote it: number text (`1.50`, `1e3`), key
+/// order and spacing survive both answers, and a history message is byte for byte the
+/// frame a socket on the same node gets.
+async fn check_verbatim(node: &TestNode) {
+    let topic = "prices.RESTRAW";
+    let payload = r#"{"px": 1.50, "qty":1e3, "b":[1.0 ,2]}"#;
+    let snapshot = r#"{"z":0.10,"a":-0.0}"#;
+    let body = format!(r#"{{"topic":"{topic}","payload":{payload},"snapshot":{snapshot}}}"#);
+    let (status, v) = node.post("/publish", Some(ADMIN_TOKEN), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["seq"], 1);
+
+    // The frame a socket gets for seq 1 (a resume replays it as a delta).
+    let mut ws = WsClient::connect(&node.ws_url("/ws"))
+        .await
+        .expect("connect");
+    ws.send_json(json!({"type": "subscribe", "topic": topic,
+        "resume_from_seq": 1, "epoch": v["epoch"]}))
+        .await;
+    let got = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.inner().next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            if t.as_str().starts_with(r#"{"type":"delta""#) {
+                break t.as_str().to_owned();
+            }
+        }
+    };
+
+    let (status, text) = node
+        .get(
+            &format!("/topics/{topic}/history?from_seq=1"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(payload), "payload text rewritten: {text}");
+    let v: Value = serde_json::from_str(&text).expect("history is JSON");
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(1), "{text}");
+    let start = text.find(r#"{"type":"#).expect("a message");
+    let frame = &text[start..start + got.len()];
+    assert_eq!(
+        frame, got,
+        "the history message differs from the socket's frame"
+    );
+
+    let (status, text) = node
+        .get(&format!("/topics/{topic}"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(&format!(r#""payload":{snapshot}"#)),
+        "snapshot text rewritten: {text}"
+    );
+}
+
+#[tokio::test]
+async fn answers_carry_stored_json_verbatim_on_the_embedded_broker() {
+    let node = start_node(|_| {}).await;
+    check_verbatim(&node).await;
+}
+
+#[tokio::test]
+async fn answers_carry_stored_json_verbatim_on_redis() {
+    let redis = TestRedis::start().await;
+    let node = start_redis_node(&redis, |_| {}).await;
+    check_verbatim(&node).await;
 }

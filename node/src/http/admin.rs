@@ -3,7 +3,7 @@
 //! with neither configured they all answer 403, so a node is never left open by
 //! omission.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     body::Bytes,
@@ -11,7 +11,7 @@ use axum::{
     http::{header, HeaderMap, StatusCode},
     Json,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, value::RawValue, Map, Value};
 use sluice_common::{protocol::meta, publisher::PublishKind, time_fmt, ErrorCode, Topic};
 
 use super::ApiError;
@@ -95,50 +95,55 @@ struct PublishBody {
     meta: Option<String>,
 }
 
+/// Checks a publish body field by field. The payload, snapshot and meta are kept as
+/// the caller wrote them (raw JSON text, never re-serialized), so a number such as
+/// `1.50` reaches every socket as `1.50`, as it does when an engine calls the function.
 fn parse_publish(body: &[u8]) -> Result<PublishBody, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let whole: &RawValue = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
+    if !whole.get().starts_with('{') {
         return Err(invalid("body must be a JSON object"));
+    }
+    let obj: HashMap<String, &RawValue> = serde_json::from_str(whole.get())
+        .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
+    let field = |name: &str| obj.get(name).copied().filter(|v| v.get() != "null");
+    let string = |name: &str| -> Result<Option<String>, ApiError> {
+        field(name)
+            .map(|v| {
+                serde_json::from_str::<String>(v.get())
+                    .map_err(|_| invalid(format!("field '{name}' must be a string")))
+            })
+            .transpose()
     };
-    let topic = match obj.get("topic") {
-        Some(Value::String(s)) => Topic::parse(s)
+    let topic = match string("topic")? {
+        Some(s) => Topic::parse(&s)
             .map_err(|e| ApiError::bad_request(ErrorCode::InvalidTopic, e.to_string()))?,
-        Some(_) => return Err(invalid("field 'topic' must be a string")),
         None => return Err(invalid("field 'topic' is missing")),
     };
-    let payload =
-        payload_of(&obj).ok_or_else(|| invalid("field 'payload' (or 'data') is missing"))?;
-    let kind = match obj.get("type") {
-        None | Some(Value::Null) => PublishKind::Delta,
-        Some(Value::String(s)) => PublishKind::parse(s)
+    let payload = field("payload")
+        .or_else(|| field("data"))
+        .ok_or_else(|| invalid("field 'payload' (or 'data') is missing"))?;
+    let kind = match string("type")? {
+        None => PublishKind::Delta,
+        Some(s) => PublishKind::parse(&s)
             .ok_or_else(|| invalid(format!("type {s:?} must be 'delta' or 'alert'")))?,
-        Some(_) => return Err(invalid("field 'type' must be a string")),
     };
-    let snapshot = match obj.get("snapshot") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.to_string()),
-    };
-    let meta = match obj.get("meta") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => {
-            let text = Value::Object(m.clone()).to_string();
-            meta::check_meta(&text).map_err(|e| invalid(format!("field 'meta': {e}")))?;
-            Some(text)
+    let snapshot = field("snapshot").map(|v| v.get().to_owned());
+    let meta = match field("meta") {
+        None => None,
+        Some(m) if m.get().starts_with('{') => {
+            meta::check_meta(m.get()).map_err(|e| invalid(format!("field 'meta': {e}")))?;
+            Some(m.get().to_owned())
         }
         Some(_) => return Err(invalid("field 'meta' must be a JSON object")),
     };
     Ok(PublishBody {
         topic,
         kind,
-        payload: payload.to_string(),
+        payload: payload.get().to_owned(),
         snapshot,
         meta,
     })
-}
-
-fn payload_of(obj: &Map<String, Value>) -> Option<&Value> {
-    obj.get("payload").or_else(|| obj.get("data"))
 }
 
 /// `POST /publish` and `POST /broadcast`.
@@ -273,6 +278,33 @@ mod tests {
         assert_eq!(ok.kind, PublishKind::Alert);
         assert_eq!(ok.payload, r#"{"x":1}"#);
         assert_eq!(ok.snapshot.as_deref(), Some(r#"{"s":1}"#));
+        // Kept as written: number text, spacing and key order are the caller's.
+        let raw = parse_publish(
+            br#"{"topic":"a.b","payload": {"px": 1.50, "q":1e3} ,"snapshot":[0.10],"meta":{"z":1,"a":2.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(raw.payload, r#"{"px": 1.50, "q":1e3}"#);
+        assert_eq!(raw.snapshot.as_deref(), Some("[0.10]"));
+        assert_eq!(raw.meta.as_deref(), Some(r#"{"z":1,"a":2.0}"#));
+        assert_eq!(
+            code(r#"{"topic":"a","payload":1,"meta":[1]}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"topic":7,"payload":1}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"topic":"a","payload":1,"type":3}"#),
+            ErrorCode::InvalidMessage
+        );
+        let null_fields =
+            parse_publish(br#"{"topic":"a","payload":1,"snapshot":null,"meta":null,"type":null}"#)
+                .unwrap();
+        assert_eq!(
+            (null_fields.snapshot, null_fields.meta, null_fields.kind),
+            (None, None, PublishKind::Delta)
+        );
     }
 
     #[test]

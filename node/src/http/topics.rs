@@ -13,7 +13,8 @@ use axum::{
     http::{header, HeaderMap, StatusCode},
     Json,
 };
-use serde_json::{json, value::RawValue, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sluice_common::{ErrorCode, Topic};
 
 use super::{admin::token_matches, ApiError};
@@ -35,19 +36,47 @@ pub async fn state(
     Path(topic): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StateAnswer>, ApiError> {
     let topic = authorize(&st, &topic, &q, &headers)?;
     let (epoch, head, ts) = existing(&st, &topic, true).await?;
-    let snapshot = ts
-        .snapshot
-        .filter(|s| *s.epoch == *epoch)
-        .map(|s| snapshot_json(&s));
-    Ok(Json(json!({
-        "topic": topic,
-        "epoch": epoch,
-        "head_seq": head,
-        "snapshot": snapshot,
-    })))
+    let snapshot = match ts.snapshot.filter(|s| *s.epoch == *epoch) {
+        Some(s) => Some(snapshot_of(&s)?),
+        None => None,
+    };
+    Ok(Json(StateAnswer {
+        topic,
+        epoch,
+        head_seq: head,
+        snapshot,
+    }))
+}
+
+/// The answer of `GET /topics/{topic}`. Stored JSON (the snapshot's payload) is
+/// passed through as the engine wrote it, never re-serialized: `1.50` stays `1.50`.
+#[derive(Debug, Serialize)]
+pub struct StateAnswer {
+    topic: Topic,
+    epoch: String,
+    head_seq: u64,
+    snapshot: Option<SnapshotAnswer>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotAnswer {
+    seq: u64,
+    ts: String,
+    payload: Box<RawValue>,
+}
+
+/// The answer of `GET /topics/{topic}/history`; each message is its envelope
+/// exactly as a socket on this node gets it.
+#[derive(Debug, Serialize)]
+pub struct HistoryAnswer {
+    topic: Topic,
+    epoch: String,
+    head_seq: u64,
+    recovered: bool,
+    messages: Vec<Box<RawValue>>,
 }
 
 /// `GET /topics/{topic}/history?from_seq=N&limit=L`:
@@ -57,7 +86,7 @@ pub async fn history(
     Path(topic): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryAnswer>, ApiError> {
     let topic = authorize(&st, &topic, &q, &headers)?;
     let window = Window::parse(&q)?;
     let (epoch, head, _) = existing(&st, &topic, false).await?;
@@ -77,13 +106,13 @@ pub async fn history(
         .map(|p| RawValue::from_string(p.frame.as_str().to_owned()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| internal(format!("stored envelope is not JSON: {e}")))?;
-    Ok(Json(json!({
-        "topic": topic,
-        "epoch": epoch,
-        "head_seq": head,
-        "recovered": recovered,
-        "messages": messages,
-    })))
+    Ok(Json(HistoryAnswer {
+        topic,
+        epoch,
+        head_seq: head,
+        recovered,
+        messages,
+    }))
 }
 
 /// Which messages a history call asks for.
@@ -161,13 +190,22 @@ async fn existing(
     }
 }
 
-/// `{seq, ts, payload}` of a snapshot, read back from its envelope.
-fn snapshot_json(s: &Pub) -> Value {
-    let envelope: Value = serde_json::from_str(s.frame.as_str()).unwrap_or(Value::Null);
-    json!({
-        "seq": s.seq,
-        "ts": envelope.get("ts").cloned().unwrap_or(Value::Null),
-        "payload": envelope.get("payload").cloned().unwrap_or(Value::Null),
+/// `{seq, ts, payload}` of a snapshot, read back from its envelope (the payload
+/// as stored, not re-serialized).
+fn snapshot_of(s: &Pub) -> Result<SnapshotAnswer, ApiError> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        ts: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    }
+    let e: Envelope<'_> = serde_json::from_str(s.frame.as_str())
+        .map_err(|e| internal(format!("stored snapshot envelope is not as encoded: {e}")))?;
+    Ok(SnapshotAnswer {
+        seq: s.seq,
+        ts: e.ts.into_owned(),
+        payload: e.payload.to_owned(),
     })
 }
 
