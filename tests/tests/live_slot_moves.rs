@@ -1,5 +1,6 @@
 //! The live path when a Cluster slot changes master under a connected client, on the
-//! loopback 3 + 3 Cluster: Redis drops the subscribers of the moved shard channels
+//! loopback 3 + 3 Cluster (a graceful failover, and a slot migrated to another
+//! master with `CLUSTER SETSLOT`): Redis drops the subscribers of the moved shard channels
 //! (a `sunsubscribe` push, which fred swallows) while the node's subscriber
 //! connection stays up. The reader must subscribe again on the new master and read
 //! what it missed from the stream: the client, never disconnected, receives every
@@ -156,4 +157,84 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_fails_over_grac
         !on_victim.is_empty() && on_victim.len() < topics.len(),
         "topics on the victim: {on_victim:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_client_keeps_receiving_when_its_topics_slot_migrates_to_another_master() {
+    let cluster = TestCluster::start();
+    let url = cluster.url();
+    let node = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let engine = Publisher::connect_with(
+        &url,
+        1,
+        &RedisSettings {
+            tls_ca: None,
+            replicas: Replicas::Auto,
+            replica_timeout: Duration::from_millis(1000),
+        },
+    )
+    .await
+    .expect("publisher on Cluster");
+    let topic = "prices.MIGRATE".to_owned();
+    let other = "prices.STAYS".to_owned();
+    let both = [topic.clone(), other.clone()];
+    let mut c = node.client().await;
+    for t in &both {
+        let ack = c.subscribe(json!({ "topic": t })).await;
+        assert_eq!(ack["payload"]["subscribed"], true, "{ack}");
+    }
+    for n in 1..=3 {
+        for t in &both {
+            assert_eq!(publish(&engine, t, n).await, n);
+        }
+    }
+    let before = read_until(&mut c, &both, 3, Duration::from_secs(10)).await;
+    assert_eq!(before[&topic], [1, 2, 3]);
+
+    // Move the topic's slot, with its keys, from its master to another one.
+    let meta = keys::meta(&topic);
+    let from = owner(&cluster, &meta);
+    let to = *cluster
+        .masters()
+        .iter()
+        .find(|&&m| m != from)
+        .expect("another master");
+    let slot = cli(from, &["CLUSTER", "KEYSLOT", &meta]).trim().to_owned();
+    let id = |p: u16| cli(p, &["CLUSTER", "MYID"]).trim().to_owned();
+    let (from_id, to_id) = (id(from), id(to));
+    cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let keys_in_slot = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+    let mut migrate = vec![
+        "MIGRATE".to_owned(),
+        "127.0.0.1".to_owned(),
+        to.to_string(),
+        String::new(),
+        "0".to_owned(),
+        "5000".to_owned(),
+        "KEYS".to_owned(),
+    ];
+    migrate.extend(keys_in_slot.lines().map(str::to_owned));
+    assert!(migrate.len() > 7, "no keys in slot {slot}");
+    let args: Vec<&str> = migrate.iter().map(String::as_str).collect();
+    assert_eq!(cli(from, &args).trim(), "OK");
+    for m in cluster.masters() {
+        cli(m, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the slot served by its new master",
+        || async { owner(&cluster, &meta) == to },
+    )
+    .await;
+
+    for n in 4..=8 {
+        for t in &both {
+            assert_eq!(publish(&engine, t, n).await, n, "{t}");
+        }
+    }
+    let after = read_until(&mut c, &both, 8, Duration::from_secs(15)).await;
+    for (t, s) in &after {
+        assert_eq!(s, &(4..=8).collect::<Vec<_>>(), "{t} after the migration");
+    }
 }
