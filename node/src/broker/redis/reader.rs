@@ -248,6 +248,7 @@ impl Live {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut owners = tokio::time::interval(owners::OWNER_CHECK);
         owners.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slot_map = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -280,7 +281,7 @@ impl Live {
                     }
                 }
                 _ = owners.tick(), if self.clustered() => {
-                    self.check_owners(&*sink, &mut epochs).await;
+                    self.check_owners(&mut slot_map, &*sink, &mut epochs).await;
                 }
             }
         }
