@@ -34,6 +34,9 @@ const CLIENTS_PER_NODE: usize = 2;
 /// Live delivery of a failed-over topic must be back on every client within this
 /// long of the kill: fault detection (1 s), election, the reader's recovery.
 const RESUME_BOUND: Duration = Duration::from_secs(30);
+/// Once Redis has acknowledged a publish on the new master, every client must have it
+/// within this long (the readers resubscribed; nothing waits for a timeout).
+const DELIVERY_BOUND: Duration = Duration::from_secs(5);
 
 fn settings() -> RedisSettings {
     RedisSettings {
@@ -141,6 +144,11 @@ async fn scenario(
         }
     }
     let (since_kill, since_ack) = (killed_at.elapsed(), acked_at.elapsed());
+    assert!(
+        since_kill <= RESUME_BOUND && since_ack <= DELIVERY_BOUND,
+        "failed-over topics back on every client {since_kill:?} after the kill (bound \
+         {RESUME_BOUND:?}), {since_ack:?} after the engine's ack (bound {DELIVERY_BOUND:?})"
+    );
     // (The engine's acknowledgement is polled every 50 ms: `since_ack` is coarse.)
     eprintln!(
         "every client had the failed-over topics again {since_kill:?} after the kill, \
