@@ -7,8 +7,10 @@ pub mod follow;
 pub mod process;
 mod raw;
 pub mod redis;
+pub mod redis_containers;
 pub mod redis_topology;
 pub mod security;
+pub mod spread_traffic;
 pub mod traffic;
 mod ws;
 

@@ -25,7 +25,7 @@ use std::{
 use fred::{
     clients::{Client, Pool},
     interfaces::{EventInterface, HashesInterface, PubsubInterface},
-    types::{Message, MessageKind, Value},
+    types::{config::Server, Message, MessageKind, Value},
 };
 use sluice_common::{keys, redact, Topic};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 mod catch_up;
+mod owners;
 
 use super::{
     decode::{decode_live, Decoder},
@@ -67,6 +68,9 @@ struct Followed {
     read_on_arm: bool,
     /// The last catch-up read failed: try again in [`RETRY`].
     stale: bool,
+    /// The Cluster master the channel's `SSUBSCRIBE` was routed to (`None` on one
+    /// server or Sentinel); see [`owners`].
+    owner: Option<Server>,
 }
 
 /// The position `follow` read, handed to the reader task.
@@ -137,6 +141,7 @@ impl Live {
                             early: Vec::new(),
                             read_on_arm: false,
                             stale: false,
+                            owner: None,
                         },
                     );
                 }
@@ -144,6 +149,12 @@ impl Live {
         }
         {
             let _order = self.subscribing.lock().await;
+            // Where fred routes it; if it is redirected, the next owner check
+            // subscribes once more, which is harmless.
+            let owner = self.owner_of(topic);
+            if let Some(f) = self.lock().get_mut(topic) {
+                f.owner = owner;
+            }
             let sub = self.subscriber.ssubscribe(keys::live(topic.as_str()));
             match tokio::time::timeout(ARM_TIMEOUT, sub).await {
                 Ok(Ok(())) => {}
@@ -240,6 +251,9 @@ impl Live {
         let mut reconnects = self.subscriber.reconnect_rx();
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut owners = tokio::time::interval(owners::OWNER_CHECK);
+        owners.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slot_map = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -270,6 +284,9 @@ impl Live {
                     if !stale.is_empty() {
                         self.catch_up(stale, &*sink, &mut decoder).await;
                     }
+                }
+                _ = owners.tick(), if self.clustered() => {
+                    self.check_owners(&mut slot_map, &*sink, &mut epochs).await;
                 }
             }
         }
@@ -387,19 +404,7 @@ impl Live {
             }
             m.keys().cloned().collect()
         };
-        {
-            let _order = self.subscribing.lock().await;
-            for chunk in topics.chunks(CATCH_UP_CONCURRENCY) {
-                let subs = chunk
-                    .iter()
-                    .map(|t| self.subscriber.ssubscribe(keys::live(t.as_str())));
-                for r in futures_util::future::join_all(subs).await {
-                    if let Err(e) = r {
-                        warn!(error = %redact::scrub(e.details()), "resubscribing a topic failed");
-                    }
-                }
-            }
-        }
+        self.resubscribe(&topics).await;
         let armed = self.armed_topics();
         debug!(
             topics = armed.len(),
