@@ -286,7 +286,7 @@ impl Live {
                     }
                 }
                 _ = owners.tick(), if self.clustered() => {
-                    self.check_owners(&mut slot_map, &*sink, &mut epochs).await;
+                    self.check_owners(&mut slot_map, &*sink, &mut decoder).await;
                 }
             }
         }

@@ -27,7 +27,7 @@ use sluice_common::{keys, redact, Topic};
 use tracing::{debug, info, warn};
 
 use super::{Live, ARM_TIMEOUT, CATCH_UP_CONCURRENCY};
-use crate::{broker::redis::decode::EpochCache, publication::Sink};
+use crate::{broker::redis::decode::Decoder, publication::Sink};
 
 /// How often the reader compares the masters its subscriptions sit on with the
 /// cluster's slot map (a cluster only; one `CLUSTER SLOTS` per check and node).
@@ -82,7 +82,7 @@ impl Live {
         &self,
         last: &mut Option<SlotMap>,
         sink: &dyn Sink,
-        epochs: &mut EpochCache,
+        decoder: &mut Decoder,
     ) {
         let ask = self
             .pool
@@ -130,7 +130,7 @@ impl Live {
                 .filter(|t| m.get(t).is_some_and(|f| f.armed))
                 .collect()
         };
-        self.catch_up(armed, sink, epochs).await;
+        self.catch_up(armed, sink, decoder).await;
     }
 
     /// `SSUBSCRIBE` to each topic's channel again, [`CATCH_UP_CONCURRENCY`] at a
