@@ -19,32 +19,7 @@ use crate::{
 /// A publish that gets no answer within this long fails (`Timeout`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The name of the publishing function in the `sluice` library.
-pub const PUBLISH_FUNCTION: &str = "sluice_publish";
-
-/// Kind of message a publish creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishKind {
-    Delta,
-    Alert,
-}
-
-impl PublishKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PublishKind::Delta => "delta",
-            PublishKind::Alert => "alert",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "delta" => Some(PublishKind::Delta),
-            "alert" => Some(PublishKind::Alert),
-            _ => None,
-        }
-    }
-}
+pub use crate::redis_client::{PublishKind, PUBLISH_FUNCTION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -24,11 +24,37 @@ use fred::{
 };
 
 use crate::{
-    publisher::PublishKind,
     redact,
     redis_url::{HostPort, RedisUrl, Topology},
     StreamPosition,
 };
+
+/// The name of the publishing function in the `sluice` library.
+pub const PUBLISH_FUNCTION: &str = "sluice_publish";
+
+/// Kind of message a publish creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishKind {
+    Delta,
+    Alert,
+}
+
+impl PublishKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PublishKind::Delta => "delta",
+            PublishKind::Alert => "alert",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delta" => Some(PublishKind::Delta),
+            "alert" => Some(PublishKind::Alert),
+            _ => None,
+        }
+    }
+}
 
 /// PEM file of the CA(s) that sign the Redis servers' certificates (`rediss…`).
 /// Unset: the system's trusted roots.
@@ -286,11 +312,7 @@ pub async fn fcall_publish(
     }
     let call = || async {
         client
-            .fcall::<(u64, String), _, _, _>(
-                crate::publisher::PUBLISH_FUNCTION,
-                args.topic,
-                argv.clone(),
-            )
+            .fcall::<(u64, String), _, _, _>(PUBLISH_FUNCTION, args.topic, argv.clone())
             .await
             .map_err(|e| classify(&e))
     };
