@@ -10,7 +10,7 @@ use crate::{
     baseline, procfs,
     report::Report,
     run::RunConfig,
-    scenario::{fanout, idle, latency, storm, topics},
+    scenario::{fanout, idle, latency, mixed_run, storm, topics},
     target::System,
     ws::WsUrl,
 };
@@ -42,6 +42,11 @@ pub enum Command {
         /// Bare XADDs to time first, for Redis cost per publish vs XADD (0: skip).
         #[arg(long, default_value_t = 20_000)]
         calibrate: u64,
+        // --- scale-out benchmark (issue 12 part 6) ---
+        /// Redis masters (host:port, comma-separated) whose INFO cpu and
+        /// commandstats are reported one by one: a Cluster's masters.
+        #[arg(long, value_delimiter = ',')]
+        redis_info: Vec<String>,
     },
     /// Find the sustainable maximum, then measure latency at a share of it.
     Latency {
@@ -118,6 +123,29 @@ pub enum Command {
         /// Payload bytes of each publish to the stall topic.
         #[arg(long, default_value_t = 16_384)]
         stall_bytes: usize,
+    },
+    // --- mixed traffic (issue 14 part 7) ---
+    /// Auth on: 50 % market subscribers, 30 % private trading and risk streams,
+    /// 20 % mobile clients in background mode; deltas and alerts. `--topics` is
+    /// the number of market topics.
+    Mixed {
+        #[command(flatten)]
+        common: Common,
+        /// The nodes' SLUICE_JWT_SECRET (default: that variable): every client
+        /// gets its own user's token.
+        #[arg(long)]
+        jwt_secret: Option<String>,
+        /// Share of the private users whose risk topic gets alerts.
+        #[arg(long, default_value_t = 0.25)]
+        alert_share: f64,
+        /// Zipf exponent of market topic popularity.
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Wait after the drain for background sessions' last conflated flush.
+        #[arg(long, default_value = "2500ms", value_parser = parse_duration)]
+        conflate_wait: Duration,
     },
     /// Run the raw fan-out baseline server (the physical-limit comparison).
     BaselineServer {
@@ -328,7 +356,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         | Command::Topics { common: c, .. }
         | Command::Latency { common: c, .. }
         | Command::Storm { common: c, .. }
-        | Command::Idle { common: c, .. } => (c.clone(), c.json),
+        | Command::Idle { common: c, .. }
+        | Command::Mixed { common: c, .. } => (c.clone(), c.json),
         Command::BaselineServer { .. } | Command::Attack { .. } => {
             unreachable!("handled above")
         }
@@ -342,6 +371,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 zipf,
                 seed,
                 calibrate,
+                redis_info,
                 ..
             } => {
                 topics::run(
@@ -351,6 +381,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                         seed,
                         calibrate,
                     },
+                    &topics::TopicsProbes { redis_info },
                 )
                 .await
             }
@@ -393,6 +424,35 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Idle { pid, hold, .. } => {
                 idle::run(&cfg, idle::IdleOptions { pid, hold }).await
+            }
+            Command::Mixed {
+                jwt_secret,
+                alert_share,
+                zipf,
+                seed,
+                conflate_wait,
+                ..
+            } => {
+                if !(0.0..=1.0).contains(&alert_share) {
+                    bail!("--alert-share must be between 0 and 1");
+                }
+                let Some(jwt_secret) = jwt_secret
+                    .or_else(|| std::env::var("SLUICE_JWT_SECRET").ok())
+                    .filter(|s| !s.is_empty())
+                else {
+                    bail!("mixed runs with auth on: --jwt-secret or SLUICE_JWT_SECRET is required");
+                };
+                mixed_run::run(
+                    &cfg,
+                    mixed_run::MixedOptions {
+                        secret: jwt_secret,
+                        alert_share,
+                        zipf,
+                        seed,
+                        conflate_wait,
+                    },
+                )
+                .await
             }
             Command::BaselineServer { .. } | Command::Attack { .. } => {
                 unreachable!("handled above")

@@ -241,6 +241,8 @@ pub struct RunOutcome {
     pub report: Report,
     /// Redis CPU seconds used while publishing.
     pub redis_cpu_s: Option<f64>,
+    /// Each `--redis-info` master's samples at the start and end of the window.
+    pub masters: Option<(Vec<crate::masters::Sample>, Vec<crate::masters::Sample>)>,
 }
 
 /// Publishing tasks, one per connection; topic `t` always goes to shard
@@ -363,6 +365,17 @@ pub async fn measured_run(
     scenario: &str,
     pick: Pick,
 ) -> anyhow::Result<RunOutcome> {
+    measured_run_with(cfg, scenario, pick, None).await
+}
+
+/// [`measured_run`], sampling each of `masters` at the start and end of the
+/// publishing window too.
+pub async fn measured_run_with(
+    cfg: &RunConfig,
+    scenario: &str,
+    pick: Pick,
+    masters: Option<&crate::masters::Masters>,
+) -> anyhow::Result<RunOutcome> {
     let topics = topic_names(cfg.topics);
     let origin = Instant::now();
     let fleet = Fleet::start(cfg.fleet(topics.clone(), false), origin)?;
@@ -387,6 +400,10 @@ pub async fn measured_run(
     };
     tokio::time::sleep(cfg.settle).await;
     let redis = redis_stats_client(cfg.redis.as_deref()).await;
+    let masters_before = match masters {
+        Some(m) => Some(m.sample().await?),
+        None => None,
+    };
     let meter = CpuMeter::start(&cfg.server_pids, redis.as_ref()).await;
 
     let schedule = RateSchedule::new(cfg.rate, cfg.duration);
@@ -418,6 +435,10 @@ pub async fn measured_run(
         t.await?;
     }
     let (cpu, redis_cpu_s) = meter.finish(&cfg.server_pids, redis.as_ref()).await;
+    let masters = match (masters, masters_before) {
+        (Some(m), Some(before)) => Some((before, m.sample().await?)),
+        _ => None,
+    };
 
     // Wait for what is owed, up to the drain time.
     let expected = || -> u64 {
@@ -453,6 +474,7 @@ pub async fn measured_run(
     Ok(RunOutcome {
         report,
         redis_cpu_s,
+        masters,
     })
 }
 

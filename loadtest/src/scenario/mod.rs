@@ -4,5 +4,7 @@
 pub mod fanout;
 pub mod idle;
 pub mod latency;
+pub mod mixed;
+pub mod mixed_run;
 pub mod storm;
 pub mod topics;

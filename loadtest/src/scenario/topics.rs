@@ -12,7 +12,7 @@ use fred::{
 
 use crate::{
     report::Report,
-    run::{measured_run, redis_cpu, redis_stats_client, run_id, Pick, RunConfig},
+    run::{measured_run_with, redis_cpu, redis_stats_client, run_id, Pick, RunConfig},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -23,7 +23,24 @@ pub struct TopicsOptions {
     pub calibrate: u64,
 }
 
-pub async fn run(cfg: &RunConfig, opt: TopicsOptions) -> anyhow::Result<Report> {
+/// Options of `topics` that are not `Copy`.
+#[derive(Debug, Clone, Default)]
+pub struct TopicsProbes {
+    /// Masters (`host:port`) whose INFO cpu and commandstats are read around the
+    /// window, each reported on its own (a Cluster's masters, or one Redis).
+    pub redis_info: Vec<String>,
+}
+
+pub async fn run(
+    cfg: &RunConfig,
+    opt: TopicsOptions,
+    probes: &TopicsProbes,
+) -> anyhow::Result<Report> {
+    let masters = if probes.redis_info.is_empty() {
+        None
+    } else {
+        Some(crate::masters::Masters::connect(&probes.redis_info).await?)
+    };
     let (xadd_us, fcall_us) = match (opt.calibrate, cfg.redis.as_deref()) {
         (n, Some(url)) if n > 0 => {
             let x = xadd_cost_us(url, n).await?;
@@ -36,17 +53,28 @@ pub async fn run(cfg: &RunConfig, opt: TopicsOptions) -> anyhow::Result<Report> 
         }
         _ => (None, None),
     };
-    let outcome = measured_run(
+    let outcome = measured_run_with(
         cfg,
         "topics",
         Pick::Zipf {
             exponent: opt.zipf,
             seed: opt.seed,
         },
+        masters.as_ref(),
     )
     .await?;
     let mut report = outcome.report;
     let ok = report.published - report.publish_errors;
+    if let (Some(m), Some((before, after))) = (&masters, &outcome.masters) {
+        let deltas: Vec<_> = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| crate::masters::delta(b, a))
+            .collect();
+        if let serde_json::Value::Object(fields) = crate::masters::report(&m.names, &deltas, ok) {
+            report.extra.extend(fields);
+        }
+    }
     report.extra.insert("zipf_exponent".into(), opt.zipf.into());
     report.extra.insert(
         "publishes_per_sec".into(),
