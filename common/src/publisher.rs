@@ -21,6 +21,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub use crate::redis_client::{PublishKind, PUBLISH_FUNCTION};
 
+/// How long a connection's oldest command may wait for an answer before the
+/// connection counts as dead and is replaced (see [`Publisher::connect_with`]).
+const UNRESPONSIVE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("invalid topic: {0}")]
@@ -92,9 +96,19 @@ impl Publisher {
         let config = fred_config(&parsed, settings.tls_ca.as_deref())
             .map_err(|e| PublishError::Config(e.to_string()))?;
         // Reconnect for ever (a failover, a restart), and fail a call rather than
-        // hang while Redis is away: the engine decides whether to retry.
+        // hang while Redis is away: the engine decides whether to retry. A
+        // connection whose oldest command has waited UNRESPONSIVE is closed and
+        // opened again: a master killed without a TCP reset (a dead host, a
+        // killed container) is then left in seconds, not after a timeout per call
+        // (the publish itself is never resent: `fcall_publish` allows one attempt).
         let pool = fred::types::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = CALL_TIMEOUT)
+            .with_connection_config(|c| {
+                c.unresponsive = fred::types::config::UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE),
+                    interval: Duration::from_millis(500),
+                };
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_pool(size.max(1))
             .map_err(|e| RedisFailure::Config(crate::redact::scrub(e.details())))?;

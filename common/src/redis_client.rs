@@ -19,7 +19,7 @@ use fred::{
     error::{Error as FredError, ErrorKind},
     interfaces::{ClientLike, FunctionInterface},
     types::config::{
-        ClusterDiscoveryPolicy, Config, Server, ServerConfig, TlsConfig, TlsConnector,
+        ClusterDiscoveryPolicy, Config, Options, Server, ServerConfig, TlsConfig, TlsConnector,
     },
 };
 
@@ -310,9 +310,16 @@ pub async fn fcall_publish(
         (s, Some(m)) => argv.extend([s.unwrap_or(""), m]),
         (None, None) => {}
     }
+    // One attempt only: fred resends a command that was in flight when its
+    // connection closed (an unresponsive check, a reset), and a publish that
+    // reached Redis before the close would then run twice: two seqs for one call.
+    // A failed attempt is the caller's error to handle, as a timeout is.
+    let once = client.with_options(&Options {
+        max_attempts: Some(1),
+        ..Options::default()
+    });
     let call = || async {
-        client
-            .fcall::<(u64, String), _, _, _>(PUBLISH_FUNCTION, args.topic, argv.clone())
+        once.fcall::<(u64, String), _, _, _>(PUBLISH_FUNCTION, args.topic, argv.clone())
             .await
             .map_err(|e| classify(&e))
     };
