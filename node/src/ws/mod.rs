@@ -10,6 +10,9 @@ pub mod decode;
 pub mod frame;
 pub mod socket;
 
+/// The message type the decoder returns and the socket takes (axum's, which the
+/// session is written against).
+pub use axum::extract::ws::Message;
 pub use decode::{DecodeError, Decoder};
 pub use socket::{WsError, WsSocket};
 
