@@ -165,10 +165,9 @@ where
         let _checked: WebSocketUpgrade = WebSocketUpgrade::from_request_parts(parts, s)
             .await
             .map_err(IntoResponse::into_response)?;
-        let (Some(on_upgrade), Some(key)) = (
-            on_upgrade,
-            parts.headers.get(header::SEC_WEBSOCKET_KEY),
-        ) else {
+        let (Some(on_upgrade), Some(key)) =
+            (on_upgrade, parts.headers.get(header::SEC_WEBSOCKET_KEY))
+        else {
             // axum accepted it, so this is an HTTP/2 extended CONNECT, which the
             // node does not serve (its accept loop speaks HTTP/1.1 only).
             return Err(ApiError::bad_request(

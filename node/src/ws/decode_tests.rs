@@ -40,7 +40,10 @@ fn one(max: usize, bytes: &[u8]) -> Vec<Result<Message, DecodeError>> {
 #[test]
 fn a_masked_text_frame_is_unmasked() {
     let f = client_frame(true, OP_TEXT, br#"{"type":"ping"}"#, M);
-    assert_eq!(one(1024, &f), [Ok(Message::Text(r#"{"type":"ping"}"#.into()))]);
+    assert_eq!(
+        one(1024, &f),
+        [Ok(Message::Text(r#"{"type":"ping"}"#.into()))]
+    );
 }
 
 #[test]
@@ -48,7 +51,11 @@ fn lengths_in_16_and_64_bits_are_read() {
     for len in [125usize, 126, 65_535, 65_536, 70_000] {
         let payload = vec![b'a'; len];
         let f = client_frame(true, OP_BINARY, &payload, M);
-        assert_eq!(one(1 << 20, &f), [Ok(Message::Binary(payload.into()))], "{len}");
+        assert_eq!(
+            one(1 << 20, &f),
+            [Ok(Message::Binary(payload.into()))],
+            "{len}"
+        );
     }
 }
 
@@ -139,9 +146,15 @@ fn protocol_violations_are_refused() {
         ("long ping", client_frame(true, OP_PING, &[0; 126], M)),
         ("control 0xB", client_frame(true, 0xB, b"", M)),
         ("data 0x3", client_frame(true, 0x3, b"", M)),
-        ("lone continuation", client_frame(true, OP_CONTINUATION, b"a", M)),
+        (
+            "lone continuation",
+            client_frame(true, OP_CONTINUATION, b"a", M),
+        ),
         ("nested message", nested),
-        ("close code 1005", client_frame(true, OP_CLOSE, &[0x03, 0xed], M)),
+        (
+            "close code 1005",
+            client_frame(true, OP_CLOSE, &[0x03, 0xed], M),
+        ),
     ];
     for (name, bytes) in cases {
         let out = one(1 << 20, &bytes);

@@ -204,9 +204,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for WsSocket<T> {
                         Message::Close(frame) => {
                             this.read_done = true;
                             // Echo the client's code, as RFC 6455 §5.5.1 suggests.
-                            let body = frame.as_ref().map_or_else(Bytes::new, |f| {
-                                close_payload(f.code, "")
-                            });
+                            let body = frame
+                                .as_ref()
+                                .map_or_else(Bytes::new, |f| close_payload(f.code, ""));
                             this.push_close(body);
                             this.write_replies(cx);
                         }

@@ -107,7 +107,10 @@ fn server_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
         assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
         let (len, at) = match b[1] {
             126 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (usize::from(n), 2),
         };
         out.push((b[0] & 0x0F, b[at..at + len].to_vec()));
@@ -133,7 +136,10 @@ async fn frames_at_the_length_boundaries_reach_the_wire_exactly() {
     for ((op, payload), n) in frames.iter().zip(sizes) {
         assert_eq!((*op, payload.len()), (OP_TEXT, n));
     }
-    let total: usize = sizes.iter().map(|n| n + Header::new(OP_TEXT, *n).len()).sum();
+    let total: usize = sizes
+        .iter()
+        .map(|n| n + Header::new(OP_TEXT, *n).len())
+        .sum();
     assert_eq!(s.io.out.len(), total);
 }
 
@@ -169,11 +175,17 @@ async fn partial_writes_resume_mid_header_and_mid_body() {
         for t in &texts {
             s.feed(Message::Text(t.clone().into())).await.unwrap();
         }
-        s.feed(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        s.feed(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
         s.flush().await.unwrap();
         let total = (2 + 2 + 200) + 2 + (2 + 5) + (2 + 1);
         assert_eq!(s.io.out.len(), total, "{per_call} bytes per write");
-        assert_eq!(s.io.writes, total.div_ceil(per_call), "{per_call} per write");
+        assert_eq!(
+            s.io.writes,
+            total.div_ceil(per_call),
+            "{per_call} per write"
+        );
         let frames = server_frames(&s.io.out);
         assert_eq!(frames.len(), 4);
         assert_eq!(frames[0].1, texts[0].as_bytes());
@@ -207,7 +219,11 @@ fn a_stalled_socket_makes_flush_and_a_full_queue_wait() {
     Pin::new(&mut s).start_send(Message::Binary(big)).unwrap();
     assert!(Pin::new(&mut s).poll_flush(&mut cx).is_pending());
     assert_eq!(s.io.out.len(), 10, "what the socket took");
-    assert_eq!(s.pending_bytes(), 10 + QUEUE_HIGH_WATER_BYTES - 10, "a 64-bit length header");
+    assert_eq!(
+        s.pending_bytes(),
+        10 + QUEUE_HIGH_WATER_BYTES - 10,
+        "a 64-bit length header"
+    );
     // Over the high-water mark, a new frame waits for the socket.
     assert!(Pin::new(&mut s).poll_ready(&mut cx).is_pending());
     s.io.budget = usize::MAX;
@@ -220,9 +236,13 @@ async fn pings_are_answered_and_a_client_close_is_echoed() {
     let mut wire = Wire::new(usize::MAX);
     wire.input = client_frame(true, OP_PING, b"hb", M);
     wire.input.extend(client_frame(true, OP_TEXT, b"{}", M));
-    wire.input.extend(client_frame(true, OP_CLOSE, &[0x03, 0xe9, b'x'], M));
+    wire.input
+        .extend(client_frame(true, OP_CLOSE, &[0x03, 0xe9, b'x'], M));
     let mut s = WsSocket::new(wire, 1024);
-    assert_eq!(s.next().await.unwrap().unwrap(), Message::Ping(Bytes::from_static(b"hb")));
+    assert_eq!(
+        s.next().await.unwrap().unwrap(),
+        Message::Ping(Bytes::from_static(b"hb"))
+    );
     assert_eq!(s.next().await.unwrap().unwrap(), Message::Text("{}".into()));
     let close = s.next().await.unwrap().unwrap();
     assert_eq!(
@@ -269,7 +289,8 @@ async fn protocol_errors_close_with_1002_and_bad_utf8_with_1007() {
 async fn an_oversized_message_is_an_error_and_reading_goes_on() {
     let mut wire = Wire::new(usize::MAX);
     wire.input = client_frame(true, OP_TEXT, &[b'x'; 2000], M);
-    wire.input.extend(client_frame(true, OP_CLOSE, &[0x03, 0xe8], M));
+    wire.input
+        .extend(client_frame(true, OP_CLOSE, &[0x03, 0xe8], M));
     let mut s = WsSocket::new(wire, 1024);
     assert!(matches!(
         s.next().await,
