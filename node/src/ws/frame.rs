@@ -82,6 +82,21 @@ pub fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// A client frame (masked with `mask`), as a browser would send it: for the
+/// decoder's tests and fuzz target.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    let head = Header::new(opcode, payload.len());
+    out.extend_from_slice(head.as_bytes());
+    if !fin {
+        out[0] &= 0x7F;
+    }
+    out[1] |= 0x80;
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,19 +152,4 @@ mod tests {
             assert!(!close_code_allowed(bad), "{bad}");
         }
     }
-}
-
-/// A client frame (masked with `mask`), as a browser would send it: for the
-/// decoder's tests and fuzz target.
-pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    let head = Header::new(opcode, payload.len());
-    out.extend_from_slice(head.as_bytes());
-    if !fin {
-        out[0] &= 0x7F;
-    }
-    out[1] |= 0x80;
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
 }
