@@ -13,7 +13,7 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
-targets=(client_frame topic stream_entry token)
+targets=(client_frame topic stream_entry token ws_frame)
 features=()
 # The PROXY header parser may not be on this branch yet: fuzz it once it is.
 if [[ -f ../node/src/net/proxy.rs || -f ../node/src/net/proxy/mod.rs ]]; then

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod session;
 pub mod state;
 pub mod token;
+pub mod ws;
 
 pub use app::{start, RunningNode};
 pub use config::Config;

@@ -15,14 +15,14 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{
-        ws::{WebSocket, WebSocketUpgrade},
-        ConnectInfo, Path, Query, State,
-    },
-    http::{header, HeaderMap, StatusCode},
+    body::Body,
+    extract::{ws::WebSocketUpgrade, ConnectInfo, Path, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use futures_util::FutureExt;
+use futures_util::{future::Either, FutureExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use sluice_common::{protocol::SubscribeEntry, time_fmt, ErrorCode, TopicFilter};
 use tracing::{debug, info};
@@ -33,16 +33,12 @@ use crate::{
     net::{self, Accepted},
     session::{Session, SessionEnd, SessionInfo, SessionParams},
     state::{Admission, AppState},
+    ws::WsSocket,
 };
 
-/// tungstenite preallocates its read buffer per socket (128 KiB by default) and
-/// keeps it for the life of the connection. Client frames are small control frames
-/// (a subscribe is well under 256 bytes), so 256 bytes keeps an idle connection
-/// small; the buffer still grows to fit a bigger frame. It also caps how much one
-/// read takes from the socket, so a rare big frame costs a few more reads.
-const READ_BUFFER: usize = 256;
-/// Frames are flushed explicitly after each burst; no need for a large write buffer.
-const WRITE_BUFFER: usize = 8 * 1024;
+/// The socket a session runs over: the project's own WebSocket over hyper's
+/// upgraded connection.
+pub type Socket = WsSocket<TokioIo<Upgraded>>;
 /// The most characters kept of `x-device-type` and `x-client-version`: room for any
 /// real value ("iPadOS 17.4 iPad13,4"), while a client cannot grow its session's
 /// record or a log line with a long header.
@@ -115,7 +111,10 @@ pub struct Upgrade {
     accepted: Option<Accepted>,
     headers: HeaderMap,
     token: Option<String>,
-    ws: WebSocketUpgrade,
+    /// The connection, once hyper hands it over after our 101 response.
+    on_upgrade: OnUpgrade,
+    /// `Sec-WebSocket-Accept` for the 101 response.
+    accept: HeaderValue,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade
@@ -159,9 +158,26 @@ where
             .map_err(|e| {
                 ApiError::bad_request(ErrorCode::InvalidMessage, e.body_text()).into_response()
             })?;
-        let ws = WebSocketUpgrade::from_request_parts(parts, s)
+        // axum's extractor checks the upgrade request (and answers a bad one as it
+        // always has); the connection itself is taken from hyper here, since the
+        // session speaks WebSocket over it with the project's own frame writer.
+        let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+        let _checked: WebSocketUpgrade = WebSocketUpgrade::from_request_parts(parts, s)
             .await
             .map_err(IntoResponse::into_response)?;
+        let (Some(on_upgrade), Some(key)) =
+            (on_upgrade, parts.headers.get(header::SEC_WEBSOCKET_KEY))
+        else {
+            // axum accepted it, so this is an HTTP/2 extended CONNECT, which the
+            // node does not serve (its accept loop speaks HTTP/1.1 only).
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidMessage,
+                "WebSocket upgrades need HTTP/1.1",
+            )
+            .into_response());
+        };
+        let accept = HeaderValue::from_str(&crate::ws::accept_key(key.as_bytes()))
+            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -178,7 +194,8 @@ where
             headers: parts.headers.clone(),
             // An empty `?token=` does not hide a header token.
             token: q.token.filter(|t| !t.trim().is_empty()).or(bearer),
-            ws,
+            on_upgrade,
+            accept,
         })
     }
 }
@@ -243,7 +260,8 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         accepted,
         headers,
         token,
-        ws,
+        on_upgrade,
+        accept,
     } = u;
     if st.is_draining() {
         return ApiError::unavailable("node is draining; connect to another node").into_response();
@@ -318,17 +336,7 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
             .into_response();
         }
     };
-    // The session enforces SLUICE_MAX_MESSAGE_BYTES itself (a 1009 it can deliver);
-    // tungstenite's own cap, higher, only stops a frame too big to even buffer.
-    let limit = st.config.max_message_bytes;
-    let hard_cap = limit.saturating_mul(4).max(limit + 64 * 1024);
-    let ws = ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap);
-    // Everything the session starts with, in one box: axum keeps the callback in the
-    // connection's task for as long as the session runs.
+    // Everything the session starts with, in one box, freed once the session runs.
     let start = Box::new(Start {
         st,
         addr,
@@ -339,7 +347,31 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         device_type: client.device_type,
         client_version: client.client_version,
     });
-    ws.on_upgrade(move |socket| (*start).session(socket))
+    // The session runs as its own tracked task once hyper hands over the connection
+    // (after this 101 goes out); if the upgrade fails, `start` is dropped and its
+    // admission with it.
+    let tracker = start.st.tracker.clone();
+    let run = on_upgrade.then(move |upgraded| match upgraded {
+        Ok(io) => Either::Left((*start).session(io)),
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            Either::Right(std::future::ready(()))
+        }
+    });
+    tokio::spawn(tracker.track_future(run));
+    switching_protocols(accept)
+}
+
+/// The 101 answer to a valid upgrade (RFC 6455 §4.2.2); no subprotocol or
+/// extension is chosen.
+fn switching_protocols(accept: HeaderValue) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    r
 }
 
 /// What the upgrade callback needs to start the session.
@@ -358,7 +390,7 @@ impl Start {
     /// Registers the session and returns the future it runs as. Built from
     /// combinators rather than an `async` block, so the session is stored in the
     /// connection's task once (an `async` block would also keep the moved-from copy).
-    fn session(self, socket: WebSocket) -> impl Future<Output = ()> + Send {
+    fn session(self, io: Upgraded) -> impl Future<Output = ()> + Send {
         let Start {
             st,
             addr,
@@ -390,8 +422,8 @@ impl Start {
             background,
             "connected"
         );
-        let tracker = st.tracker.clone();
         let ended = (st.clone(), info.clone());
+        let socket: Socket = WsSocket::new(TokioIo::new(io), st.config.max_message_bytes);
         let session = Session::new(
             st.session.clone(),
             socket,
@@ -403,11 +435,10 @@ impl Start {
                 identity,
             },
         );
-        let run = session.run().map(move |end| {
+        session.run().map(move |end| {
             log_end(&ended.0, &ended.1, &end);
             admission.session_ended(id);
-        });
-        tracker.track_future(run)
+        })
     }
 }
 

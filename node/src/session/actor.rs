@@ -38,7 +38,12 @@ use super::{
     writer::Tally,
     SessionEnd,
 };
-use crate::{auth::Identity, hub::Signal, publication::Pub};
+use crate::{
+    auth::Identity,
+    hub::Signal,
+    publication::Pub,
+    ws::{DecodeError, WsError},
+};
 
 /// How long a closing session waits for its close frame to reach the client.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -429,12 +434,16 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Maps a socket read error to how the session ends: an oversized frame is a 1009,
-/// anything else means the connection is gone.
+/// Maps a socket read error to how the session ends: an oversized message is a
+/// 1009, anything else means the connection is gone (a protocol error's 1002 or
+/// 1007 was already queued by the socket itself).
 fn read_error<E: std::error::Error + 'static>(e: &E) -> SessionEnd {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+        if let Some(DecodeError::TooLarge(_)) = err.downcast_ref::<DecodeError>() {
+            return SessionEnd::TooLarge;
+        }
+        if let Some(WsError::Decode(DecodeError::TooLarge(_))) = err.downcast_ref::<WsError>() {
             return SessionEnd::TooLarge;
         }
         cur = err.source();

@@ -327,3 +327,66 @@ async fn in_background_mode_an_alert_is_not_conflated_or_held_for_the_tick() {
 
 #[path = "snapshot_reads_tests.rs"]
 mod snapshot_reads;
+
+/// Over the project's own WebSocket (`ws::WsSocket`): a client that reads nothing
+/// fills the connection, the session's write waits, and the write deadline ends the
+/// session as a slow consumer (the mailbox, far bigger, never fills).
+#[tokio::test(start_paused = true)]
+async fn over_a_real_websocket_a_client_that_reads_nothing_is_ended_by_the_write_deadline() {
+    use tokio::io::AsyncReadExt;
+    let state = app(|c| {
+        c.heartbeat_interval = Duration::from_secs(3600);
+        c.connection_timeout = Duration::from_secs(20);
+    });
+    let (server, mut client) = tokio::io::duplex(4096);
+    let socket = crate::ws::WsSocket::new(server, 64 * 1024);
+    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, 100_000));
+    let filter = sluice_common::TopicFilter::parse("prices.S").expect("topic");
+    let params = SessionParams {
+        id: 1,
+        info,
+        initial: vec![sluice_common::protocol::SubscribeEntry {
+            filter,
+            resume_from_seq: None,
+            epoch: None,
+        }],
+        background: false,
+        identity: None,
+    };
+    let task = tokio::spawn(Session::new(state.session.clone(), socket, params).run());
+    let h = Harness {
+        to_session: mpsc::unbounded_channel().0,
+        from_session: mpsc::unbounded_channel().1,
+        state,
+        task,
+    };
+    // Paused time: the session runs until it waits (greeted, subscribed) before the
+    // clock moves.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let counts = h.state.hub.topic_counts();
+    assert_eq!(counts.len(), 1, "subscribed: {counts:?}");
+    let payload = format!("\"{}\"", "p".repeat(1024));
+    // 200 KiB: over the connection's 4 KiB and the socket's 64 KiB queue.
+    for _ in 0..200 {
+        publish(
+            &h,
+            "prices.S",
+            sluice_common::publisher::PublishKind::Delta,
+            &payload,
+        )
+        .await;
+    }
+    let end = h.task.await.expect("session task");
+    assert_eq!(
+        end,
+        SessionEnd::SlowConsumer("the socket accepted no bytes within the connection timeout")
+    );
+    // What reached the client starts with the `connected` text frame.
+    let mut head = [0u8; 64];
+    client.read_exact(&mut head).await.expect("bytes");
+    assert_eq!(head[0], 0x81, "a final text frame");
+    assert!(
+        String::from_utf8_lossy(&head).contains("connected"),
+        "{head:?}"
+    );
+}

@@ -1,0 +1,24 @@
+# second pass (runs 3 and 4 at 200k, capacity run 3), same session
+set -u
+cd /work/wt-framewriter
+OUT=loadtest/results/framewriter-20261201
+use() { cp --remove-destination /tmp/fw-bin/sluice-$1 target/release/sluice; }
+for run in 3 4; do
+  for v in before after; do
+    use $v
+    echo "== fanout rate 200 run $run $v load $(cut -d' ' -f1-3 /proc/loadavg)"
+    python3 loadtest/compare.py fanout --no-build --runs 1 --systems sluice,baseline \
+      --clients 1000 --payload 64 --rate 200 --duration 10s --out $OUT/fanout-200-$v-$run 2>/dev/null | sed -n '3,4p'
+  done
+done
+for run in 3; do
+  for v in before after; do
+    use $v
+    systems=sluice; [ $v = after ] && systems=sluice,baseline
+    echo "== latency run $run $v load $(cut -d' ' -f1-3 /proc/loadavg)"
+    python3 loadtest/compare.py latency --no-build --runs 1 --systems $systems \
+      --clients 1000 --payload 64 --duration 5s --step-duration 3s --p99-bound-ms 100 \
+      --out $OUT/capacity-$v-$run 2>/dev/null | sed -n '3,4p'
+  done
+done
+use after
