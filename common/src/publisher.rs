@@ -104,6 +104,10 @@ impl Publisher {
         let pool = fred::types::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = CALL_TIMEOUT)
             .with_connection_config(|c| {
+                // fred's defaults (10 s) would keep a reconnect to a dead master
+                // (still in the slot map or the sentinels' answer) waiting that long.
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
                 c.unresponsive = fred::types::config::UnresponsiveConfig {
                     max_timeout: Some(UNRESPONSIVE),
                     interval: Duration::from_millis(500),
