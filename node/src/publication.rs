@@ -65,4 +65,9 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     /// Hands a live publication of a followed topic to its local subscribers;
     /// returns how many took it. Never blocks.
     fn deliver(&self, p: &Pub) -> usize;
+
+    /// A topic started a new epoch (new, or its state was lost): wildcard
+    /// subscriptions may want to follow it. Called before its first publication
+    /// is delivered. Never blocks.
+    fn announce(&self, _topic: &Topic) {}
 }

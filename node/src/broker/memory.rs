@@ -15,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use sluice_common::{protocol::FrameType, publisher::PublishKind, time_fmt, StreamPosition, Topic};
+use sluice_common::{
+    protocol::FrameType, publisher::PublishKind, time_fmt, StreamPosition, Topic, TopicFilter,
+};
 use tokio::time::Instant;
 
 use super::{Broker, BrokerError, PublishRequest, TopicState};
@@ -137,6 +139,11 @@ impl Broker for MemoryBroker {
             }
         };
         let mut log = log.lock_unpoisoned();
+        if log.seq == 0 {
+            // The epoch's first publish: wildcards join the topic before it is
+            // delivered (under the log's lock, so no later seq overtakes it).
+            self.sink.announce(req.topic);
+        }
         log.seq += 1;
         log.last_publish = Instant::now();
         let now = time_fmt::now_ms();
@@ -212,6 +219,24 @@ impl Broker for MemoryBroker {
     }
 
     fn unfollow(&self, _topic: &Topic) {}
+
+    fn discovers_topics(&self) -> bool {
+        true
+    }
+
+    async fn topics_matching(&self, filter: &TopicFilter) -> Result<Vec<Topic>, BrokerError> {
+        let topics = self.topics.lock_unpoisoned();
+        Ok(topics
+            .iter()
+            .filter(|(t, log)| {
+                filter.matches(t.as_str()) && {
+                    let log = log.lock_unpoisoned();
+                    log.seq > 0 && log.last_publish.elapsed() < self.ttl
+                }
+            })
+            .map(|(t, _)| t.clone())
+            .collect())
+    }
 
     fn is_connected(&self) -> bool {
         true

@@ -11,7 +11,7 @@ pub mod coalesce;
 pub mod memory;
 pub mod redis;
 
-use sluice_common::{publisher::PublishKind, StreamPosition, Topic};
+use sluice_common::{publisher::PublishKind, StreamPosition, Topic, TopicFilter};
 
 use crate::publication::Pub;
 
@@ -96,6 +96,19 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The hub lost its last local subscriber of `topic` (re-checked by the broker,
     /// since a new subscriber may have arrived meanwhile).
     fn unfollow(&self, topic: &Topic);
+
+    /// Whether this broker supports wildcard subscriptions: it lists the topics a
+    /// filter matches ([`Broker::topics_matching`]) and announces every topic that
+    /// starts a new epoch to its sink ([`crate::publication::Sink::announce`]).
+    fn discovers_topics(&self) -> bool {
+        false
+    }
+
+    /// The existing topics `filter` matches (with a live epoch), for a wildcard
+    /// subscription to follow.
+    async fn topics_matching(&self, _filter: &TopicFilter) -> Result<Vec<Topic>, BrokerError> {
+        Ok(Vec::new())
+    }
 
     /// Whether the broker's backing store is reachable now.
     fn is_connected(&self) -> bool;
