@@ -175,3 +175,82 @@ impl Hub {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::Metrics, publication::Publication};
+    use sluice_common::protocol::FrameType;
+
+    fn t(n: &str) -> Topic {
+        Topic::parse(n).unwrap()
+    }
+
+    fn f(n: &str) -> TopicFilter {
+        TopicFilter::parse(n).unwrap()
+    }
+
+    fn publish(hub: &Hub, topic: &Topic, seq: u64) -> usize {
+        hub.broadcast(&Publication::new(
+            topic.clone(),
+            seq,
+            "e".into(),
+            FrameType::Delta,
+            0,
+            "{}",
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_session_holding_a_topic_twice_gets_one_copy_and_keeps_it_until_both_go() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 100);
+        let m = Arc::new(Mailbox::new(16));
+        let a = t("prices.A");
+        hub.join(&a, 1, m.clone()).await.unwrap();
+        hub.join_filter(&f("prices.*"), 1, m.clone()).await.unwrap();
+        hub.join_filter(&f("prices.>"), 1, m.clone()).await.unwrap();
+        assert_eq!(hub.wildcard_count(), 2);
+        // No broker lists existing topics here: the announcement adds them.
+        hub.announce_topic(&a);
+        hub.announce_topic(&a);
+        assert_eq!(hub.filter_topics(&f("prices.*"), 1), 1);
+        assert_eq!(publish(&hub, &a, 1), 1, "one mailbox, one copy");
+        assert!(m.try_recv().is_some());
+        assert!(m.try_recv().is_none());
+        assert!(hub.leave_filter(&f("prices.*"), 1));
+        assert!(!hub.leave_filter(&f("prices.*"), 1), "held once");
+        assert!(!hub.leave(&a, 1), "prices.> still wants it");
+        assert_eq!(publish(&hub, &a, 2), 1);
+        assert!(hub.leave_filter(&f("prices.>"), 1));
+        assert!(!hub.has_subscribers("prices.A"));
+        assert_eq!(hub.topic_count(), 0);
+        assert_eq!(hub.wildcard_count(), 0);
+        assert!(!hub.any_wildcard.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn announced_topics_reach_matching_wildcards_only_and_count_toward_the_limit() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 2);
+        let (m1, m2) = (Arc::new(Mailbox::new(16)), Arc::new(Mailbox::new(16)));
+        hub.join_filter(&f("a.*"), 1, m1.clone()).await.unwrap();
+        hub.join_filter(&f("a.b.>"), 2, m2.clone()).await.unwrap();
+        for name in ["a.x", "a.b.c", "b.x", "a.b.c.d"] {
+            hub.announce_topic(&t(name));
+        }
+        // a.x (1) and a.b.c (2) fit; a.b.c.d is past the node's two topics.
+        assert_eq!(hub.topic_count(), 2);
+        assert_eq!(hub.filter_topics(&f("a.*"), 1), 1);
+        assert_eq!(hub.filter_topics(&f("a.b.>"), 2), 1);
+        assert_eq!(publish(&hub, &t("a.x"), 1), 1);
+        assert_eq!(publish(&hub, &t("b.x"), 1), 0);
+        assert_eq!(m1.try_recv().map(|p| p.topic.clone()), Some(t("a.x")));
+        assert!(m2.try_recv().is_none());
+        // A closed mailbox is removed with every interest it had.
+        m2.close();
+        assert_eq!(publish(&hub, &t("a.b.c"), 1), 0);
+        assert_eq!(hub.topic_count(), 1);
+        assert!(hub.leave_filter(&f("a.b.>"), 2));
+        assert!(hub.leave_filter(&f("a.*"), 1));
+        assert_eq!(hub.topic_count(), 0);
+    }
+}
