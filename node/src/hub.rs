@@ -287,8 +287,8 @@ impl Sink for Hub {
         self.broadcast(p)
     }
 
-    fn announce(&self, topic: &Topic) {
-        self.announce_topic(topic)
+    fn announce(&self, topic: &Topic, epoch: &str) {
+        self.announce_topic(topic, epoch)
     }
 }
 

@@ -66,8 +66,8 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     /// returns how many took it. Never blocks.
     fn deliver(&self, p: &Pub) -> usize;
 
-    /// A topic started a new epoch (new, or its state was lost): wildcard
-    /// subscriptions may want to follow it. Called before its first publication
-    /// is delivered. Never blocks.
-    fn announce(&self, _topic: &Topic) {}
+    /// A topic started `epoch` (it is new, or its state was lost): wildcard
+    /// subscriptions may want to follow it, from the epoch's first seq. Never
+    /// blocks.
+    fn announce(&self, _topic: &Topic, _epoch: &str) {}
 }

@@ -142,7 +142,7 @@ impl Broker for MemoryBroker {
         if log.seq == 0 {
             // The epoch's first publish: wildcards join the topic before it is
             // delivered (under the log's lock, so no later seq overtakes it).
-            self.sink.announce(req.topic);
+            self.sink.announce(req.topic, &log.epoch);
         }
         log.seq += 1;
         log.last_publish = Instant::now();

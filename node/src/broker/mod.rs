@@ -93,6 +93,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// topic reach the hub. Idempotent; returns once live delivery is armed.
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError>;
 
+    /// Like [`Broker::follow`] for a topic announced as starting `epoch`: live
+    /// delivery starts at the epoch's first seq, whatever was published before
+    /// the subscription took effect (a wildcard gets a new topic's first
+    /// messages). A topic followed already goes on as it is.
+    async fn follow_new(&self, topic: &Topic, _epoch: &str) -> Result<(), BrokerError> {
+        self.follow(topic).await
+    }
+
     /// The hub lost its last local subscriber of `topic` (re-checked by the broker,
     /// since a new subscriber may have arrived meanwhile).
     fn unfollow(&self, topic: &Topic);

@@ -134,7 +134,7 @@ impl Hub {
     /// A topic started a new epoch (it is new, or its state was lost): every held
     /// wildcard matching it gets it, before its first publication is delivered
     /// when the broker announces synchronously (the embedded one does).
-    pub(super) fn announce_topic(&self, topic: &Topic) {
+    pub(super) fn announce_topic(&self, topic: &Topic, epoch: &str) {
         if !self.any_wildcard.load(Ordering::Acquire) {
             return;
         }
@@ -157,19 +157,19 @@ impl Hub {
             }
         }
         if follow {
-            self.follow_announced(topic);
+            self.follow_announced(topic, epoch);
         }
     }
 
     /// Arms live delivery of a topic added by an announcement (the announcement
     /// may come from a broker's reader, which must not wait for it).
-    fn follow_announced(&self, topic: &Topic) {
+    fn follow_announced(&self, topic: &Topic, epoch: &str) {
         let (Some(broker), Ok(rt)) = (self.broker(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let topic = topic.clone();
+        let (topic, epoch) = (topic.clone(), epoch.to_owned());
         rt.spawn(async move {
-            if let Err(e) = broker.follow(&topic).await {
+            if let Err(e) = broker.follow_new(&topic, &epoch).await {
                 tracing::warn!(%topic, error = %e, "could not follow a topic for a wildcard");
             }
         });
@@ -211,8 +211,8 @@ mod tests {
         hub.join_filter(&f("prices.>"), 1, m.clone()).await.unwrap();
         assert_eq!(hub.wildcard_count(), 2);
         // No broker lists existing topics here: the announcement adds them.
-        hub.announce_topic(&a);
-        hub.announce_topic(&a);
+        hub.announce_topic(&a, "e");
+        hub.announce_topic(&a, "e");
         assert_eq!(hub.filter_topics(&f("prices.*"), 1), 1);
         assert_eq!(publish(&hub, &a, 1), 1, "one mailbox, one copy");
         assert!(m.try_recv().is_some());
@@ -235,7 +235,7 @@ mod tests {
         hub.join_filter(&f("a.*"), 1, m1.clone()).await.unwrap();
         hub.join_filter(&f("a.b.>"), 2, m2.clone()).await.unwrap();
         for name in ["a.x", "a.b.c", "b.x", "a.b.c.d"] {
-            hub.announce_topic(&t(name));
+            hub.announce_topic(&t(name), "e");
         }
         // a.x (1) and a.b.c (2) fit; a.b.c.d is past the node's two topics.
         assert_eq!(hub.topic_count(), 2);
