@@ -119,6 +119,25 @@ pub enum Command {
         #[arg(long, default_value_t = 16_384)]
         stall_bytes: usize,
     },
+    // --- Wildcards (issue 14): a self-contained block. ---
+    /// Hold wildcard subscriptions on extra connections, to run beside `fanout`
+    /// ("Wildcards" in BENCHMARKS.md).
+    Patterns {
+        /// The node's WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Wildcards held in all (spread over the connections).
+        #[arg(long, default_value_t = 10_000)]
+        patterns: usize,
+        /// How many of them match the fan-out topics (`bench.>`).
+        #[arg(long, default_value_t = 0)]
+        matching: usize,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hold: Duration,
+    },
+    // --- end of the Wildcards block ---
     /// Run the raw fan-out baseline server (the physical-limit comparison).
     BaselineServer {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -294,6 +313,27 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // --- Wildcards (issue 14) ---
+    if let Command::Patterns {
+        url,
+        connections,
+        patterns,
+        matching,
+        hold,
+    } = cli.command
+    {
+        procfs::raise_fd_limit(connections as u64 + 1000)?;
+        let report = rt.block_on(crate::patterns::run(crate::patterns::PatternOptions {
+            url,
+            connections,
+            patterns,
+            matching,
+            hold,
+        }))?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    // --- end of the Wildcards block ---
     if let Command::Attack {
         url,
         duration,
@@ -329,7 +369,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         | Command::Latency { common: c, .. }
         | Command::Storm { common: c, .. }
         | Command::Idle { common: c, .. } => (c.clone(), c.json),
-        Command::BaselineServer { .. } | Command::Attack { .. } => {
+        Command::BaselineServer { .. } | Command::Attack { .. } | Command::Patterns { .. } => {
             unreachable!("handled above")
         }
     };
@@ -394,7 +434,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Command::Idle { pid, hold, .. } => {
                 idle::run(&cfg, idle::IdleOptions { pid, hold }).await
             }
-            Command::BaselineServer { .. } | Command::Attack { .. } => {
+            Command::BaselineServer { .. } | Command::Attack { .. } | Command::Patterns { .. } => {
                 unreachable!("handled above")
             }
         }

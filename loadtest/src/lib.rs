@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commandstats;
 pub mod fleet;
 pub mod latency;
+pub mod patterns;
 pub mod payload;
 pub mod procfs;
 pub mod report;
