@@ -1,13 +1,21 @@
 //! Wildcards across nodes on Redis: a client holding `prices.>` on node A gets the
 //! messages published on node B (POST /publish) and by engines (FCALL), for topics
 //! that existed before the subscribe and for topics created after it, first
-//! message included, each exactly once and in seq order per topic.
+//! message included, each exactly once and in seq order per topic. Once on one
+//! Redis server (a container), once on a loopback Cluster of 3 masters.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use fred::{clients::Client, interfaces::FunctionInterface};
+use fred::{
+    clients::Client,
+    interfaces::{ClientLike, FunctionInterface},
+    types::{config::Config as RedisConfig, Builder},
+};
 use serde_json::json;
-use sluice_tests::{eventually, redis::TestRedis, start_redis_node, WsClient};
+use sluice_tests::{
+    eventually, redis::TestRedis, redis_topology::TestCluster, start_node, start_redis_node,
+    TestNode, WsClient,
+};
 
 async fn fcall(c: &Client, topic: &str, i: u64) -> u64 {
     let (seq, _epoch): (u64, String) = c
@@ -41,7 +49,24 @@ async fn a_wildcard_on_one_node_gets_every_matching_topic_published_on_another_o
     let a = start_redis_node(&redis, |_| {}).await;
     let b = start_redis_node(&redis, |_| {}).await;
     let engine = redis.client().await;
+    across_two_nodes(&a, &b, &engine).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_wildcard_gets_topics_of_every_master_once() {
+    let cluster = TestCluster::start();
+    let url = cluster.url();
+    let a = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let b = start_node(|c| c.redis_url = Some(url.clone())).await;
+    let engine = Builder::from_config(RedisConfig::from_url(&url).expect("url"))
+        .build()
+        .expect("client");
+    engine.init().await.expect("cluster answers");
+    across_two_nodes(&a, &b, &engine).await;
+}
+
+/// `a` holds `prices.>`; `b` and an engine publish to existing and new topics.
+async fn across_two_nodes(a: &TestNode, b: &TestNode, engine: &Client) {
     // prices.OLD exists before the subscribe.
     b.publish("prices.OLD", json!({"n": 1})).await;
     b.publish("prices.OLD", json!({"n": 2})).await;
@@ -58,9 +83,9 @@ async fn a_wildcard_on_one_node_gets_every_matching_topic_published_on_another_o
     for i in 1..=3u64 {
         b.publish("prices.OLD", json!({ "i": i })).await;
         b.publish("prices.NEW", json!({ "i": i })).await;
-        assert_eq!(fcall(&engine, "prices.FC", i).await, i);
-        assert_eq!(fcall(&engine, "prices.D.x", i).await, i);
-        fcall(&engine, "pricesX.A", i).await;
+        assert_eq!(fcall(engine, "prices.FC", i).await, i);
+        assert_eq!(fcall(engine, "prices.D.x", i).await, i);
+        fcall(engine, "pricesX.A", i).await;
         b.publish("other.prices", json!({ "i": i })).await;
     }
     let want: BTreeMap<String, Vec<u64>> = [
@@ -80,7 +105,7 @@ async fn a_wildcard_on_one_node_gets_every_matching_topic_published_on_another_o
     assert_eq!(got, want, "each message once, in seq order per topic");
 
     // Nothing more is owed: the next frame is the next publication.
-    assert_eq!(fcall(&engine, "prices.FC", 4).await, 4);
+    assert_eq!(fcall(engine, "prices.FC", 4).await, 4);
     let next = c.recv_pubs(1).await;
     assert_eq!(
         (next[0]["topic"].as_str(), next[0]["seq"].as_u64()),
