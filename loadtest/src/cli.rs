@@ -131,7 +131,8 @@ pub enum Command {
         /// Wildcards held in all (spread over the connections).
         #[arg(long, default_value_t = 10_000)]
         patterns: usize,
-        /// How many of them match the fan-out topics (`bench.>`).
+        /// How many of them match the fan-out topics (`bench.>`, one on each of the
+        /// first N connections).
         #[arg(long, default_value_t = 0)]
         matching: usize,
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
