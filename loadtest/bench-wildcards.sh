@@ -46,11 +46,11 @@ for run in $(seq "$runs"); do
         patterns="${variant%m}" matching=0
         [[ $variant == *m ]] && matching=10
         start_node
-        holder=""
+        holder="" n=0
         if [[ $patterns -gt 0 ]]; then
             target/release/sluice-loadtest patterns --url "ws://127.0.0.1:$node_port/ws" \
                 --connections 100 --patterns "$patterns" --matching "$matching" \
-                --hold "$((seconds + 25))s" >"$work/holder.json" &
+                --hold "$((seconds + 15))s" >"$work/holder.json" &
             holder=$!
             # Every wildcard acked before the fan-out starts.
             for _ in $(seq 200); do
@@ -63,8 +63,15 @@ for run in $(seq "$runs"); do
             --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --rate "$rate" \
             --duration "${seconds}s" --server-pid "$node_pid" --json --quiet | tail -1)
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$node_pid/status")
-        echo "{\"run\":$run,\"patterns\":$patterns,\"matching\":$matching,\"node_rss_kb\":$rss,\"fanout\":$report}"
-        if [[ -n $holder ]]; then kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true; fi
+        held=$(curl -fsS "http://127.0.0.1:$node_port/metrics" | awk '/^sluice_subscribes_total/ {print $2}')
+        # The holders' connections end with the hold; their report says what the
+        # matching wildcards received.
+        holder_report="null"
+        if [[ -n $holder ]]; then
+            wait "$holder" 2>/dev/null || true
+            holder_report=$(tail -1 "$work/holder.json" 2>/dev/null || echo null)
+        fi
+        echo "{\"run\":$run,\"patterns\":$patterns,\"matching\":$matching,\"subscribes_before_fanout\":${n:-0},\"subscribes_after\":$held,\"node_rss_kb\":$rss,\"holder\":${holder_report:-null},\"fanout\":$report}"
         kill "$node_pid"
         wait "$node_pid" 2>/dev/null || true
         redis-cli -p "$redis_port" FLUSHALL >/dev/null
