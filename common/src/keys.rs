@@ -9,6 +9,7 @@
 //! | `sluice:{T}:meta` | hash | `seq` (last seq), `epoch`, `ems` (epoch creation ms), `snap`, `snap_seq`, `snap_ts` |
 //! | `sluice:{T}:stream` | stream | one entry per message, id `<ems>-<seq>`, fields `e` epoch, `t` type, `p` payload, `ts` publish ms |
 //! | `sluice:{T}:live` | sharded pub/sub channel | every publish, `SPUBLISH`ed by the function: `<seq>\n<epoch>\n<type>\n<ts>\n<payload>`; only nodes following `T` subscribe |
+//! | `sluice:topics` | classic pub/sub channel | `<topic>\n<epoch>` when a topic starts a new epoch, for nodes holding wildcards |
 //! | `sluice:registry:{nodes}:<id>` | string (JSON), TTL | the cluster registry record of a live node |
 //! | `sluice:registry:{nodes}` | sorted set | node ids scored by their last refresh (Unix ms), to list records without `KEYS` |
 //!
@@ -35,6 +36,24 @@ pub fn live(topic: &str) -> String {
 /// Recovers the topic from a channel built by [`live`].
 pub fn topic_of_live(channel: &str) -> Option<&str> {
     channel.strip_prefix("sluice:{")?.strip_suffix("}:live")
+}
+
+/// The classic pub/sub channel on which `sluice_publish` announces each topic that
+/// starts a new epoch (`<topic>\n<epoch>`): nodes holding wildcard subscriptions
+/// subscribe to it. Classic PUBLISH reaches every node of a Cluster; it is sent
+/// once per topic life, not per message.
+pub const TOPICS: &str = "sluice:topics";
+
+/// The SCAN pattern of the meta keys of topics that may match a wildcard with
+/// `prefix` (every topic below it; the caller filters by depth). Topic characters
+/// are never glob-special, so the prefix needs no escaping.
+pub fn meta_scan(prefix: &str) -> String {
+    format!("sluice:{{{prefix}.*}}:meta")
+}
+
+/// Recovers the topic from a key built by [`meta`].
+pub fn topic_of_meta(key: &str) -> Option<&str> {
+    key.strip_prefix("sluice:{")?.strip_suffix("}:meta")
 }
 
 /// The index of registered nodes.
@@ -74,6 +93,8 @@ mod tests {
         assert_eq!(live("prices.IN1"), "sluice:{prices.IN1}:live");
         assert_eq!(topic_of_live(&live("a.b:c")), Some("a.b:c"));
         assert_eq!(topic_of_live(&stream("a")), None);
+        assert_eq!(topic_of_meta(&meta("a.b:c")), Some("a.b:c"));
+        assert_eq!(meta_scan("prices.EU"), "sluice:{prices.EU.*}:meta");
     }
 
     #[test]

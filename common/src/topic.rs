@@ -118,6 +118,13 @@ impl TopicFilter {
         !matches!(self, TopicFilter::Exact(_))
     }
 
+    /// The topic itself, or the prefix a wildcard extends.
+    pub fn base(&self) -> &Topic {
+        match self {
+            TopicFilter::Exact(t) | TopicFilter::OneLevel(t) | TopicFilter::AnyDepth(t) => t,
+        }
+    }
+
     /// Whether a concrete topic falls under this filter.
     pub fn matches(&self, topic: &str) -> bool {
         match self {
@@ -219,6 +226,32 @@ impl TopicPattern {
         }
         parts.next().is_none()
     }
+
+    /// Whether every topic `filter` can match is matched by this pattern.
+    ///
+    /// Exact for the filters sessions use: the topics a wildcard filter matches
+    /// include ones whose extra segments appear in no pattern, so a set of patterns
+    /// covers a filter only if one of them does alone (a union never has to be
+    /// considered).
+    pub fn covers(&self, filter: &TopicFilter) -> bool {
+        let base = filter.base();
+        let mut pats = self.segments.iter().map(String::as_str);
+        let last = self.segments.len() - 1;
+        for (i, seg) in base.segments().enumerate() {
+            match pats.next() {
+                // A final `>` takes this segment and all after it.
+                Some(">") if i == last => return true,
+                Some(p) if p == "*" || p == seg => {}
+                _ => return false,
+            }
+        }
+        let rest: Vec<&str> = pats.collect();
+        match filter {
+            TopicFilter::Exact(_) => rest.is_empty(),
+            TopicFilter::OneLevel(_) => matches!(rest.as_slice(), ["*"] | [">"]),
+            TopicFilter::AnyDepth(_) => rest.as_slice() == [">"],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +332,32 @@ mod tests {
         assert_eq!(TopicPattern::parse("a..b"), Err(TopicError::EmptySegment));
     }
 
+    #[test]
+    fn a_pattern_covers_a_filter_only_when_it_matches_everything_the_filter_can() {
+        let covers = |p: &str, f: &str| {
+            TopicPattern::parse(p)
+                .unwrap()
+                .covers(&TopicFilter::parse(f).unwrap())
+        };
+        assert!(covers("prices.>", "prices.EU.*"));
+        assert!(covers("prices.>", "prices.*"));
+        assert!(covers("prices.>", "prices.>"));
+        assert!(covers("prices.>", "prices.EU.>"));
+        assert!(covers("prices.>", "prices.EU"));
+        assert!(!covers("prices.>", "prices"));
+        assert!(covers("prices.*", "prices.*"));
+        assert!(!covers("prices.*", "prices.>"));
+        assert!(!covers("prices.*", "prices.EU.*"));
+        assert!(covers("*.*", "prices.*"));
+        assert!(covers("*.EU.*", "prices.EU.*"));
+        assert!(!covers("*.EU.*", "prices.US.*"));
+        assert!(covers(">", "a.b.>"));
+        assert!(!covers("prices.EU", "prices.*"));
+        assert!(!covers("prices.EU.x", "prices.*"));
+        assert!(!covers("prices", "prices.*"));
+        assert!(!covers("auctions.>", "prices.*"));
+    }
+
     fn segment() -> impl Strategy<Value = String> {
         "[A-Za-z0-9_:-]{1,12}"
     }
@@ -336,6 +395,50 @@ mod tests {
             let topic = full.join(".");
             prop_assert_eq!(f1.matches(&topic), extra.len() == 1);
             prop_assert_eq!(fa.matches(&topic), !extra.is_empty());
+        }
+
+        /// `covers` never grants a topic the pattern refuses (sound), and refuses
+        /// only filters some matched topic disproves (exact), checked on topics made
+        /// of the filter's prefix and segments both from and outside the pattern.
+        #[test]
+        fn covers_agrees_with_matching_every_topic(
+            pat in prop::collection::vec(prop::sample::select(vec!["a", "b", "*"]), 1..4),
+            tail in prop::sample::select(vec!["", ">"]),
+            prefix in prop::collection::vec(prop::sample::select(vec!["a", "b"]), 1..4),
+            kind in 0..3u8,
+        ) {
+            let mut text = pat.join(".");
+            if !tail.is_empty() { text.push('.'); text.push_str(tail); }
+            let pattern = TopicPattern::parse(&text).unwrap();
+            let base = prefix.join(".");
+            let filter = TopicFilter::parse(&match kind {
+                0 => base.clone(),
+                1 => format!("{base}.*"),
+                _ => format!("{base}.>"),
+            }).unwrap();
+            // Every topic of up to 3 extra segments over {a, b, fresh}.
+            let mut every = true;
+            let extras: Vec<Vec<&str>> = {
+                let alphabet = ["a", "b", "zz"];
+                let mut all = vec![vec![]];
+                let mut layer = vec![vec![]];
+                for _ in 0..3 {
+                    layer = layer.iter().flat_map(|e: &Vec<&str>| alphabet.iter().map(move |s| {
+                        let mut n = e.clone(); n.push(*s); n
+                    })).collect();
+                    all.extend(layer.clone());
+                }
+                all
+            };
+            for extra in extras {
+                let mut segs: Vec<&str> = prefix.clone();
+                segs.extend(extra);
+                let topic = segs.join(".");
+                if filter.matches(&topic) && !pattern.matches(&topic) {
+                    every = false;
+                }
+            }
+            prop_assert_eq!(pattern.covers(&filter), every, "{} vs {}", text, filter);
         }
     }
 }

@@ -147,6 +147,26 @@ pub enum Command {
         #[arg(long, default_value = "2500ms", value_parser = parse_duration)]
         conflate_wait: Duration,
     },
+    // --- Wildcards (issue 14): a self-contained block. ---
+    /// Hold wildcard subscriptions on extra connections, to run beside `fanout`
+    /// ("Wildcards" in BENCHMARKS.md).
+    Patterns {
+        /// The node's WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Wildcards held in all (spread over the connections).
+        #[arg(long, default_value_t = 10_000)]
+        patterns: usize,
+        /// How many of them match the fan-out topics (`bench.>`, one on each of the
+        /// first N connections).
+        #[arg(long, default_value_t = 0)]
+        matching: usize,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hold: Duration,
+    },
+    // --- end of the Wildcards block ---
     /// Run the raw fan-out baseline server (the physical-limit comparison).
     BaselineServer {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -322,6 +342,27 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // --- Wildcards (issue 14) ---
+    if let Command::Patterns {
+        url,
+        connections,
+        patterns,
+        matching,
+        hold,
+    } = cli.command
+    {
+        procfs::raise_fd_limit(connections as u64 + 1000)?;
+        let report = rt.block_on(crate::patterns::run(crate::patterns::PatternOptions {
+            url,
+            connections,
+            patterns,
+            matching,
+            hold,
+        }))?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    // --- end of the Wildcards block ---
     if let Command::Attack {
         url,
         duration,
@@ -358,7 +399,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         | Command::Storm { common: c, .. }
         | Command::Idle { common: c, .. }
         | Command::Mixed { common: c, .. } => (c.clone(), c.json),
-        Command::BaselineServer { .. } | Command::Attack { .. } => {
+        Command::BaselineServer { .. } | Command::Attack { .. } | Command::Patterns { .. } => {
             unreachable!("handled above")
         }
     };
@@ -454,7 +495,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
-            Command::BaselineServer { .. } | Command::Attack { .. } => {
+            Command::BaselineServer { .. } | Command::Attack { .. } | Command::Patterns { .. } => {
                 unreachable!("handled above")
             }
         }

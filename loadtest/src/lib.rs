@@ -11,6 +11,7 @@ pub mod commandstats;
 pub mod fleet;
 pub mod latency;
 pub mod masters;
+pub mod patterns;
 pub mod payload;
 pub mod procfs;
 pub mod report;

@@ -23,7 +23,7 @@ use jsonwebtoken::{decode, decode_header, errors::ErrorKind, Algorithm, Decoding
 use serde::Deserialize;
 use sluice_common::{lock::RwLockExt, ErrorCode, TopicPattern};
 
-pub use identity::{is_private, may_read, Identity, PRIVATE_FAMILIES};
+pub use identity::{is_private, may_read, may_read_filter, Identity, PRIVATE_FAMILIES};
 use keys::{load_jwks, load_pem, JwksState, Key, Keys};
 
 use crate::config::{AuthMode, Config, JwtKey};

@@ -15,6 +15,8 @@
 //! topic never waits for a join or a leave on another.
 
 mod mailbox;
+mod trie;
+mod wildcards;
 
 use sluice_common::lock::RwLockExt;
 use std::{
@@ -29,6 +31,7 @@ use std::{
 use sluice_common::Topic;
 
 pub use mailbox::{Mailbox, Refused, Signal};
+pub use trie::FilterTrie;
 
 use crate::{
     broker::{Broker, BrokerError},
@@ -42,7 +45,17 @@ pub type SubscriberId = u64;
 /// Independently locked parts of the topic map.
 pub const SHARDS: usize = 16;
 
-type Subscribers = HashMap<SubscriberId, Arc<Mailbox>>;
+/// One session's interest in a topic: its mailbox, and how many of its
+/// subscriptions want the topic (a concrete one and each matching wildcard). The
+/// mailbox gets one copy per publication; the session hands a copy to each of its
+/// subscriptions.
+#[derive(Debug)]
+struct Interest {
+    mailbox: Arc<Mailbox>,
+    refs: u32,
+}
+
+type Subscribers = HashMap<SubscriberId, Interest>;
 
 #[derive(Debug)]
 pub struct Hub {
@@ -57,6 +70,11 @@ pub struct Hub {
     /// Told to follow and unfollow topics; weak, since the broker holds the hub as
     /// its [`Sink`]. Unset in unit tests of the hub alone.
     broker: OnceLock<Weak<dyn Broker>>,
+    /// Held wildcard subscriptions and the topics each one made the node follow.
+    wildcards: std::sync::Mutex<wildcards::Wildcards>,
+    /// Whether any wildcard is held: announcements of new topics are ignored
+    /// without a lock while none is.
+    any_wildcard: std::sync::atomic::AtomicBool,
 }
 
 /// Why [`Hub::join`] refused a subscriber.
@@ -77,6 +95,8 @@ impl Hub {
             metrics,
             max_topics,
             broker: OnceLock::new(),
+            wildcards: Default::default(),
+            any_wildcard: Default::default(),
         }
     }
 
@@ -137,7 +157,9 @@ impl Hub {
         if let Some((shared, _)) = map.get_key_value(topic) {
             let shared = shared.clone();
             if let Some(subs) = map.get_mut(topic) {
-                subs.insert(id, mailbox);
+                subs.entry(id)
+                    .and_modify(|i| i.refs += 1)
+                    .or_insert(Interest { mailbox, refs: 1 });
             }
             return Ok(shared);
         }
@@ -147,19 +169,34 @@ impl Hub {
                 (n < max).then_some(n + 1)
             })
             .map_err(|_| JoinError::TopicLimit)?;
-        map.insert(topic.clone(), HashMap::from([(id, mailbox)]));
+        map.insert(
+            topic.clone(),
+            HashMap::from([(id, Interest { mailbox, refs: 1 })]),
+        );
         Ok(topic.clone())
     }
 
-    /// Removes a subscriber; the broker unfollows the topic when it was the last
-    /// one. Returns whether it was.
+    /// Drops one of a subscriber's interests in `topic` (its concrete subscription,
+    /// or one wildcard's); the subscriber leaves with its last. The broker unfollows
+    /// the topic when that was its last subscriber. Returns whether it was.
     pub fn leave(&self, topic: &Topic, id: SubscriberId) -> bool {
+        self.drop_interest(topic, id, false)
+    }
+
+    /// Drops one interest of `id` in `topic`, or every one when `all` (the
+    /// session is gone).
+    fn drop_interest(&self, topic: &Topic, id: SubscriberId, all: bool) -> bool {
         let last = {
             let mut map = self.write(topic.as_str());
             let Some(subs) = map.get_mut(topic) else {
                 return false;
             };
-            subs.remove(&id);
+            if let Some(interest) = subs.get_mut(&id) {
+                interest.refs = interest.refs.saturating_sub(1);
+                if all || interest.refs == 0 {
+                    subs.remove(&id);
+                }
+            }
             let last = subs.is_empty();
             if last {
                 map.remove(topic);
@@ -219,7 +256,7 @@ impl Hub {
             let Some(subs) = map.get(&p.topic) else {
                 return 0;
             };
-            for (id, mailbox) in subs {
+            for (id, Interest { mailbox, .. }) in subs {
                 match mailbox.try_send(p) {
                     Ok(()) => delivered += 1,
                     Err(Refused::Full) => {
@@ -235,7 +272,7 @@ impl Hub {
             }
         }
         for id in closed {
-            self.leave(&p.topic, id);
+            self.drop_interest(&p.topic, id, true);
         }
         delivered
     }
@@ -248,6 +285,10 @@ impl Sink for Hub {
 
     fn deliver(&self, p: &Pub) -> usize {
         self.broadcast(p)
+    }
+
+    fn announce(&self, topic: &Topic, epoch: &str) {
+        self.announce_topic(topic, epoch)
     }
 }
 

@@ -28,6 +28,7 @@ pub const REDIS_CONNECTED: &str = "sluice_redis_connected";
 pub const HEARTBEATS_SENT: &str = "sluice_heartbeats_sent_total";
 pub const SUBSCRIBES: &str = "sluice_subscribes_total";
 pub const UNSUBSCRIBES: &str = "sluice_unsubscribes_total";
+pub const WILDCARD_TOPICS_SKIPPED: &str = "sluice_wildcard_topics_skipped_total";
 pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
 pub const ERRORS: &str = "sluice_errors_total";
 pub const DISCONNECTS: &str = "sluice_disconnects_total";
@@ -148,6 +149,9 @@ pub struct Metrics {
     pub heartbeats_sent: Counter,
     pub subscribes: Counter,
     pub unsubscribes: Counter,
+    /// Announced topics a wildcard matched but the node could not follow
+    /// (`SLUICE_MAX_TOPICS` reached).
+    pub wildcard_topics_skipped: Counter,
     pub connection_duration: Histogram,
     /// Error frames sent to clients, one counter per code of [`ERROR_CODES`].
     errors: Vec<Counter>,
@@ -238,6 +242,10 @@ impl Metrics {
             heartbeats_sent: counter(HEARTBEATS_SENT, "heartbeat frames sent to clients"),
             subscribes: counter(SUBSCRIBES, "subscriptions started by clients"),
             unsubscribes: counter(UNSUBSCRIBES, "subscriptions ended by a client unsubscribe"),
+            wildcard_topics_skipped: counter(
+                WILDCARD_TOPICS_SKIPPED,
+                "new topics a wildcard matched that the node could not follow (topic limit)",
+            ),
             connection_duration: histogram(
                 CONNECTION_DURATION,
                 Some(Unit::Seconds),

@@ -126,6 +126,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     /// Hands a live publication of a followed topic to its local subscribers;
     /// returns how many took it. Never blocks.
     fn deliver(&self, p: &Pub) -> usize;
+
+    /// A topic started `epoch` (it is new, or its state was lost): wildcard
+    /// subscriptions may want to follow it, from the epoch's first seq. Never
+    /// blocks.
+    fn announce(&self, _topic: &Topic, _epoch: &str) {}
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use sluice_common::{Topic, TopicPattern};
+use sluice_common::{Topic, TopicFilter, TopicPattern};
 
 /// Topic families private to one user: `<family>.<user>` and everything below it.
 pub const PRIVATE_FAMILIES: &[&str] = &["trading", "portfolio", "risk", "mobile"];
@@ -38,6 +38,30 @@ impl Identity {
         }
     }
 
+    /// Whether this identity may subscribe to `filter`: for a wildcard, only if it
+    /// may read every topic the filter can match. A private family's wildcard needs
+    /// the owner fixed in the prefix (`risk.bob.>` is bob's; `risk.*` spans every
+    /// user and needs an admin). A `topics` claim allows a public wildcard when one
+    /// of its patterns covers the whole filter ([`TopicPattern::covers`]).
+    pub fn may_read_filter(&self, filter: &TopicFilter) -> bool {
+        if self.admin {
+            return true;
+        }
+        let base = filter.base();
+        if !filter.is_wildcard() {
+            return self.may_read(base);
+        }
+        let mut segs = base.segments();
+        let family = segs.next().unwrap_or_default();
+        if PRIVATE_FAMILIES.contains(&family) {
+            return segs.next() == Some(self.sub.as_str());
+        }
+        match &self.topics {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.covers(filter)),
+        }
+    }
+
     /// How long until the token expires (zero if it has), before any leeway.
     pub fn remaining(&self) -> Duration {
         let now = SystemTime::now()
@@ -65,6 +89,16 @@ pub fn may_read(identity: Option<&Identity>, topic: &Topic) -> bool {
     match identity {
         Some(id) => id.may_read(topic),
         None => !is_private(topic),
+    }
+}
+
+/// [`may_read`] for a subscription filter: a wildcard is allowed only if every
+/// topic it can match is. With no identity, a wildcard is refused when its prefix
+/// lies in a private family (its topics belong to users) and allowed otherwise.
+pub fn may_read_filter(identity: Option<&Identity>, filter: &TopicFilter) -> bool {
+    match identity {
+        Some(id) => id.may_read_filter(filter),
+        None => !is_private(filter.base()),
     }
 }
 
@@ -119,6 +153,90 @@ mod tests {
         assert!(!a.may_read(&t("market_data.AAPL")));
         assert!(a.may_read(&t("trading.alice")));
         assert!(!a.may_read(&t("trading.bob")));
+    }
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::parse(s).unwrap()
+    }
+
+    #[test]
+    fn an_admin_may_hold_every_wildcard() {
+        let admin = ident("root", Some(&["prices.EU"]), true);
+        for w in ["trading.*", "risk.>", "risk.bob.>", "prices.>", "a.*"] {
+            assert!(admin.may_read_filter(&f(w)), "{w}");
+        }
+    }
+
+    #[test]
+    fn anonymous_wildcards_are_refused_over_private_families_only() {
+        for public in ["prices.*", "prices.>", "auctions.A.>", "tradingx.*"] {
+            assert!(may_read_filter(None, &f(public)), "{public}");
+        }
+        for private in [
+            "trading.*",
+            "trading.>",
+            "portfolio.*",
+            "risk.>",
+            "risk.bob.>",
+            "mobile.bob.*",
+        ] {
+            assert!(!may_read_filter(None, &f(private)), "{private}");
+        }
+        assert!(may_read_filter(None, &f("prices.IN1")));
+        assert!(!may_read_filter(None, &f("trading.bob")));
+    }
+
+    #[test]
+    fn a_user_may_hold_wildcards_over_their_own_private_topics_only() {
+        let bob = ident("bob", None, false);
+        assert!(bob.may_read_filter(&f("risk.bob.>")));
+        assert!(bob.may_read_filter(&f("risk.bob.*")));
+        assert!(bob.may_read_filter(&f("trading.bob.>")));
+        for refused in [
+            "risk.*",
+            "risk.>",
+            "trading.*",
+            "trading.>",
+            "risk.alice.>",
+            "risk.bobby.*",
+            "mobile.*",
+        ] {
+            assert!(!bob.may_read_filter(&f(refused)), "{refused}");
+        }
+        assert!(
+            bob.may_read_filter(&f("prices.>")),
+            "no claim: every public topic"
+        );
+    }
+
+    #[test]
+    fn a_topics_claim_allows_only_the_wildcards_it_covers() {
+        let a = ident("alice", Some(&["prices.>", "auctions.*"]), false);
+        for ok in [
+            "prices.*",
+            "prices.>",
+            "prices.EU.*",
+            "prices.EU.>",
+            "auctions.*",
+            "prices.EU",
+            "risk.alice.>",
+        ] {
+            assert!(a.may_read_filter(&f(ok)), "{ok}");
+        }
+        for refused in [
+            "auctions.>",
+            "auctions.A.*",
+            "market_data.*",
+            "pricesX.>",
+            "risk.bob.>",
+            "risk.*",
+        ] {
+            assert!(!a.may_read_filter(&f(refused)), "{refused}");
+        }
+        let star = ident("carol", Some(&["*.EU.*"]), false);
+        assert!(star.may_read_filter(&f("prices.EU.*")));
+        assert!(!star.may_read_filter(&f("prices.EU.>")));
+        assert!(!star.may_read_filter(&f("prices.*")));
     }
 
     #[test]

@@ -364,6 +364,23 @@ impl Broker for Coalescing {
         self.inner.is_connected()
     }
 
+    // Wildcard discovery passes straight through (rare: once per wildcard
+    // subscribe and once per new topic).
+    async fn follow_new(&self, topic: &Topic, epoch: &str) -> Result<(), BrokerError> {
+        self.inner.follow_new(topic, epoch).await
+    }
+
+    fn discovers_topics(&self) -> bool {
+        self.inner.discovers_topics()
+    }
+
+    async fn topics_matching(
+        &self,
+        filter: &sluice_common::TopicFilter,
+    ) -> Result<Vec<Topic>, BrokerError> {
+        self.inner.topics_matching(filter).await
+    }
+
     async fn shutdown(&self) {
         self.inner.shutdown().await;
     }

@@ -18,7 +18,7 @@ use std::{
 use sluice_common::{
     protocol::{meta, FrameType},
     publisher::PublishKind,
-    time_fmt, StreamPosition, Topic,
+    time_fmt, StreamPosition, Topic, TopicFilter,
 };
 use tokio::time::Instant;
 
@@ -147,6 +147,11 @@ impl Broker for MemoryBroker {
             }
         };
         let mut log = log.lock_unpoisoned();
+        if log.seq == 0 {
+            // The epoch's first publish: wildcards join the topic before it is
+            // delivered (under the log's lock, so no later seq overtakes it).
+            self.sink.announce(req.topic, &log.epoch);
+        }
         log.seq += 1;
         log.last_publish = Instant::now();
         let now = time_fmt::now_ms();
@@ -230,6 +235,24 @@ impl Broker for MemoryBroker {
     }
 
     fn unfollow(&self, _topic: &Topic) {}
+
+    fn discovers_topics(&self) -> bool {
+        true
+    }
+
+    async fn topics_matching(&self, filter: &TopicFilter) -> Result<Vec<Topic>, BrokerError> {
+        let topics = self.topics.lock_unpoisoned();
+        Ok(topics
+            .iter()
+            .filter(|(t, log)| {
+                filter.matches(t.as_str()) && {
+                    let log = log.lock_unpoisoned();
+                    log.seq > 0 && log.last_publish.elapsed() < self.ttl
+                }
+            })
+            .map(|(t, _)| t.clone())
+            .collect())
+    }
 
     fn is_connected(&self) -> bool {
         true

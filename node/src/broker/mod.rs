@@ -11,7 +11,7 @@ pub mod coalesce;
 pub mod memory;
 pub mod redis;
 
-use sluice_common::{publisher::PublishKind, StreamPosition, Topic};
+use sluice_common::{publisher::PublishKind, StreamPosition, Topic, TopicFilter};
 
 use crate::publication::Pub;
 
@@ -96,9 +96,30 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// topic reach the hub. Idempotent; returns once live delivery is armed.
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError>;
 
+    /// Like [`Broker::follow`] for a topic announced as starting `epoch`: live
+    /// delivery starts at the epoch's first seq, whatever was published before
+    /// the subscription took effect (a wildcard gets a new topic's first
+    /// messages). A topic followed already goes on as it is.
+    async fn follow_new(&self, topic: &Topic, _epoch: &str) -> Result<(), BrokerError> {
+        self.follow(topic).await
+    }
+
     /// The hub lost its last local subscriber of `topic` (re-checked by the broker,
     /// since a new subscriber may have arrived meanwhile).
     fn unfollow(&self, topic: &Topic);
+
+    /// Whether this broker supports wildcard subscriptions: it lists the topics a
+    /// filter matches ([`Broker::topics_matching`]) and announces every topic that
+    /// starts a new epoch to its sink ([`crate::publication::Sink::announce`]).
+    fn discovers_topics(&self) -> bool {
+        false
+    }
+
+    /// The existing topics `filter` matches (with a live epoch), for a wildcard
+    /// subscription to follow.
+    async fn topics_matching(&self, _filter: &TopicFilter) -> Result<Vec<Topic>, BrokerError> {
+        Ok(Vec::new())
+    }
 
     /// Whether the broker's backing store is reachable now.
     fn is_connected(&self) -> bool;

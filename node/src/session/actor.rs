@@ -74,6 +74,8 @@ pub struct Session<S> {
     pub(super) ctx: Arc<SessionContext>,
     pub(super) socket: S,
     pub(super) subs: Subs,
+    /// Wildcard subscriptions ([`super::wildcard`]).
+    pub(super) patterns: super::wildcard::Patterns,
     /// Background mode: deliver at most the newest message per topic per interval.
     pub(super) background: bool,
     /// Boxed: read rarely, and an idle session's future carries 8 bytes for it.
@@ -138,6 +140,7 @@ where
             ctx,
             socket,
             subs: Subs::default(),
+            patterns: None,
             background: params.background,
             identity: params.identity.map(Box::new),
             limits: Limits::new(),

@@ -144,6 +144,13 @@ where
     /// A publication from the hub. Returns its publish time when it was delivered
     /// live now (for the batch's latency sample).
     pub(super) async fn on_publication(&mut self, p: Pub) -> Result<Option<i64>, SessionEnd> {
+        let by_pattern = self.patterns.is_some() && self.deliver_to_patterns(&p).await?;
+        let live = by_pattern.then_some(p.published_ms);
+        Ok(self.on_concrete_publication(p).await?.or(live))
+    }
+
+    /// A publication for the concrete subscription of its topic, if one is held.
+    async fn on_concrete_publication(&mut self, p: Pub) -> Result<Option<i64>, SessionEnd> {
         let background = self.background;
         let Some(sub) = self.subs.get_mut(&p.topic) else {
             return Ok(None); // unsubscribed meanwhile
@@ -233,6 +240,7 @@ where
 
     /// Background mode tick: the newest pending message of each topic.
     pub(super) async fn flush_conflated(&mut self) -> Result<(), SessionEnd> {
+        self.flush_pattern_pending().await?;
         let pending: Vec<Pub> = self
             .subs
             .values_mut()
@@ -246,6 +254,7 @@ where
 
     /// Leaving background mode: everything since the last delivered message, in full.
     pub(super) async fn leave_background(&mut self) -> Result<(), SessionEnd> {
+        self.flush_pattern_pending().await?;
         let pending: Vec<Pub> = self
             .subs
             .values_mut()

@@ -95,9 +95,13 @@ where
             } => {
                 for filter in topics {
                     let name = filter.to_string();
-                    let was = match filter.exact() {
-                        Ok(topic) => self.unsubscribe(&topic),
-                        Err(_) => false,
+                    let was = if filter.is_wildcard() {
+                        self.unsubscribe_pattern(&filter)
+                    } else {
+                        match filter.exact() {
+                            Ok(topic) => self.unsubscribe(&topic),
+                            Err(_) => false,
+                        }
                     };
                     self.ctx.metrics.unsubscribes.increment(u64::from(was));
                     let ack = ServerFrame::new(FrameType::Ack)

@@ -39,14 +39,13 @@ where
         correlation_id: Option<serde_json::Value>,
     ) -> Result<Option<Refusal>, SessionEnd> {
         let name = entry.filter.to_string();
-        let topic = match entry.filter.exact() {
-            Ok(t) => t,
-            Err(_) => {
-                let msg = "wildcard subscriptions are not supported by this node yet";
-                return Ok(Some(
-                    Refusal::new(ErrorCode::InvalidTopic, msg, &name).without_strike(),
-                ));
-            }
+        if entry.filter.is_wildcard() {
+            return self
+                .subscribe_pattern(entry.filter, opts, correlation_id)
+                .await;
+        }
+        let Ok(topic) = entry.filter.exact() else {
+            return Ok(None); // not a wildcard, so exact
         };
         if !crate::auth::may_read(self.identity.as_deref(), &topic) {
             let msg = if self.identity.is_some() {
@@ -69,7 +68,7 @@ where
             return self.resubscribe(&topic, opts, correlation_id).await;
         }
         let limit = self.ctx.config.max_subscriptions;
-        if self.subs.len() >= limit {
+        if self.subs.len() + self.pattern_count() >= limit {
             let msg = "too many subscriptions on this connection";
             return Ok(Some(
                 Refusal::new(ErrorCode::TooManySubscriptions, msg, &name)
@@ -260,6 +259,9 @@ where
         let topics: Vec<Topic> = self.subs.keys().cloned().collect();
         for t in topics {
             self.unsubscribe(&t);
+        }
+        for f in self.pattern_filters() {
+            self.unsubscribe_pattern(&f);
         }
     }
 }

@@ -18,6 +18,7 @@ mod position;
 mod refresh;
 mod registry;
 mod subscribe;
+mod wildcard;
 mod writer;
 
 use sluice_common::CloseCode;

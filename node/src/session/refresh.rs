@@ -65,10 +65,22 @@ where
             .cloned()
             .collect();
         let mut refusals = Refusals::default();
+        let lost_patterns: Vec<_> = self
+            .pattern_filters()
+            .into_iter()
+            .filter(|f| !crate::auth::may_read_filter(identity, f))
+            .collect();
         for topic in lost {
             self.unsubscribe(&topic);
             let msg = "the refreshed token may not read this topic; unsubscribed";
             refusals.push(Refusal::new(ErrorCode::Forbidden, msg, topic.as_str()).without_strike());
+        }
+        for filter in lost_patterns {
+            self.unsubscribe_pattern(&filter);
+            let msg = "the refreshed token may not read this topic; unsubscribed";
+            refusals.push(
+                Refusal::new(ErrorCode::Forbidden, msg, &filter.to_string()).without_strike(),
+            );
         }
         for f in refusals.into_frames(correlation_id) {
             self.send_frame(&f).await?;

@@ -149,12 +149,14 @@ where
             .iter()
             .filter(|e| match &e.filter {
                 TopicFilter::Exact(t) => !self.subs.contains_key(t),
-                _ => false,
+                f => !self.holds_pattern(f),
             })
             .count();
-        if self.subs.len().saturating_add(new) > limit {
+        // A wildcard counts as one subscription, whatever it matches.
+        let held = self.subs.len() + self.pattern_count();
+        if held.saturating_add(new) > limit {
             // Refused as a whole: no entry is worked on.
-            let room = limit.saturating_sub(self.subs.len());
+            let room = limit.saturating_sub(held);
             for e in &entries {
                 refusals.push(
                     Refusal::new(

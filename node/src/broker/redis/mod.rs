@@ -39,7 +39,7 @@ use sluice_common::{
     keys, redact,
     redis_client::{self, PublishArgs, RedisSettings},
     replica_wait::{ReplicaWait, WaitFailure},
-    time_fmt, StreamPosition, Topic,
+    time_fmt, StreamPosition, Topic, TopicFilter,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -353,8 +353,20 @@ impl Broker for RedisBroker {
         self.live.follow(topic).await
     }
 
+    async fn follow_new(&self, topic: &Topic, epoch: &str) -> Result<(), BrokerError> {
+        self.live.follow_from(topic, Some(epoch.into())).await
+    }
+
     fn unfollow(&self, topic: &Topic) {
         self.live.unfollow(topic, &*self.sink);
+    }
+
+    fn discovers_topics(&self) -> bool {
+        true
+    }
+
+    async fn topics_matching(&self, filter: &TopicFilter) -> Result<Vec<Topic>, BrokerError> {
+        self.live.topics_matching(filter).await
     }
 
     fn is_connected(&self) -> bool {

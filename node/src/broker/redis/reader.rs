@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 mod catch_up;
+mod discovery;
 mod owners;
 
 use super::{
@@ -79,6 +80,9 @@ struct Arm {
     topic: Topic,
     epoch: Option<Arc<str>>,
     head: u64,
+    /// Read the stream from `head` on arming (a topic followed from an announced
+    /// epoch's start: its first entries came before the subscription).
+    read: bool,
     done: oneshot::Sender<()>,
 }
 
@@ -96,6 +100,9 @@ pub(super) struct Live {
     arm_tx: mpsc::UnboundedSender<Arm>,
     arm_rx: Mutex<Option<mpsc::UnboundedReceiver<Arm>>>,
     tail_size: usize,
+    /// Subscribed to the new-topic announcements ([`keys::TOPICS`]), which a
+    /// wildcard subscription turns on ([`discovery`]).
+    discovery: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -113,6 +120,7 @@ impl Live {
             arm_tx,
             arm_rx: Mutex::new(Some(arm_rx)),
             tail_size,
+            discovery: Default::default(),
         })
     }
 
@@ -127,6 +135,16 @@ impl Live {
     /// Subscribes to `topic`'s channel, reads its position, and returns once the
     /// reader delivers every later publication of it.
     pub(super) async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        self.follow_from(topic, None).await
+    }
+
+    /// [`Live::follow`]; with `start`, the position is not read but taken as seq 0
+    /// of that epoch, and the stream is read from there once armed.
+    pub(super) async fn follow_from(
+        &self,
+        topic: &Topic,
+        start: Option<Arc<str>>,
+    ) -> Result<(), BrokerError> {
         {
             let mut m = self.lock();
             match m.get(topic) {
@@ -162,23 +180,35 @@ impl Live {
                 Err(_) => return Err(unavailable("subscribing to the topic", "timed out")),
             }
         }
-        // Read after the subscription took effect: anything later arrives live.
-        let (head, epoch): (Option<u64>, Option<String>) = self
-            .pool
-            .next()
-            .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
-            .await
-            .map_err(|e| unavailable("reading the topic's position", e.details()))?;
         let (done, armed) = oneshot::channel();
-        let arm = Arm {
-            topic: topic.clone(),
-            head: if epoch.is_some() {
-                head.unwrap_or(0)
-            } else {
-                0
+        let arm = match start {
+            Some(epoch) => Arm {
+                topic: topic.clone(),
+                head: 0,
+                epoch: Some(epoch),
+                read: true,
+                done,
             },
-            epoch: epoch.map(Arc::from),
-            done,
+            None => {
+                // Read after the subscription took effect: anything later arrives live.
+                let (head, epoch): (Option<u64>, Option<String>) = self
+                    .pool
+                    .next()
+                    .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
+                    .await
+                    .map_err(|e| unavailable("reading the topic's position", e.details()))?;
+                Arm {
+                    topic: topic.clone(),
+                    head: if epoch.is_some() {
+                        head.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    epoch: epoch.map(Arc::from),
+                    read: false,
+                    done,
+                }
+            }
         };
         if self.arm_tx.send(arm).is_err() {
             return Err(BrokerError::Unavailable(
@@ -301,6 +331,10 @@ impl Live {
     }
 
     async fn on_message(&self, m: Message, sink: &dyn Sink, decoder: &mut Decoder) {
+        if m.kind == MessageKind::Message && m.channel == keys::TOPICS {
+            self.on_announcement(&m.value, sink);
+            return;
+        }
         if m.kind != MessageKind::SMessage {
             return;
         }
@@ -379,7 +413,7 @@ impl Live {
                     f.armed = true;
                     (
                         std::mem::take(&mut f.early),
-                        std::mem::take(&mut f.read_on_arm),
+                        std::mem::take(&mut f.read_on_arm) || a.read,
                     )
                 }
                 _ => (Vec::new(), false),
@@ -404,6 +438,10 @@ impl Live {
             }
             m.keys().cloned().collect()
         };
+        {
+            let _order = self.subscribing.lock().await;
+            self.resubscribe_discovery().await;
+        }
         self.resubscribe(&topics).await;
         let armed = self.armed_topics();
         debug!(

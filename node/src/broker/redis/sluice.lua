@@ -35,6 +35,14 @@
 --                      hash tag puts it in T's slot on Cluster, on T's master.
 --                      The stream stays the source of truth: a node that sees a
 --                      seq jump or another epoch on the channel reads the stream.
+--   sluice:topics      classic pub/sub channel (not a key): when a topic starts a
+--                      new epoch (new topic, or its state was lost) the function
+--                      PUBLISHes "<topic>\n<epoch>" to it before the first entry's
+--                      SPUBLISH. Nodes holding wildcard subscriptions subscribe to
+--                      it and follow matching topics from the epoch's seq 1
+--                      (reading the stream for what came before their SSUBSCRIBE).
+--                      Classic PUBLISH reaches every node of a Cluster; it costs
+--                      one message per topic life, not per publish.
 --
 -- Both keys expire about HISTORY_TTL seconds after the topic's last publish:
 -- the TTLs are refreshed when they were last refreshed TTL_REFRESH_MS ago or
@@ -320,6 +328,8 @@ local function publish(keys, args)
         redis.call('DEL', stream)
         redis.call('HSET', meta, 'epoch', epoch, 'ems', ems, 'seq', 0)
         redis.call('HDEL', meta, 'snap', 'snap_seq', 'snap_ts')
+        -- Announce the new epoch to nodes holding wildcards (sluice:topics above).
+        redis.call('PUBLISH', 'sluice:topics', topic .. '\n' .. epoch)
     end
 
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
