@@ -51,6 +51,9 @@ pub fn meta_scan(prefix: &str) -> String {
     format!("sluice:{{{prefix}.*}}:meta")
 }
 
+/// SCAN pattern of every topic's meta key.
+pub const META_SCAN_ALL: &str = "sluice:{*}:meta";
+
 /// Recovers the topic from a key built by [`meta`].
 pub fn topic_of_meta(key: &str) -> Option<&str> {
     key.strip_prefix("sluice:{")?.strip_suffix("}:meta")

@@ -290,6 +290,10 @@ impl Sink for Hub {
     fn announce(&self, topic: &Topic, epoch: &str) {
         self.announce_topic(topic, epoch)
     }
+
+    fn wildcard_matches(&self, topic: &str) -> bool {
+        self.any_wildcard_matches(topic)
+    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug + 'static {
     /// subscriptions may want to follow it, from the epoch's first seq. Never
     /// blocks.
     fn announce(&self, _topic: &Topic, _epoch: &str) {}
+
+    /// Whether a wildcard subscription held here matches `topic` (so an
+    /// announcement of it would be followed). Never blocks.
+    fn wildcard_matches(&self, _topic: &str) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

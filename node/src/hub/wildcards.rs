@@ -134,6 +134,19 @@ impl Hub {
     /// A topic started a new epoch (it is new, or its state was lost): every held
     /// wildcard matching it gets it, before its first publication is delivered
     /// when the broker announces synchronously (the embedded one does).
+    /// Whether some held wildcard matches `topic`.
+    pub(super) fn any_wildcard_matches(&self, topic: &str) -> bool {
+        if !self.any_wildcard.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut hit = false;
+        self.wildcards
+            .lock_unpoisoned()
+            .trie
+            .for_each_match(topic, |_, _| hit = true);
+        hit
+    }
+
     pub(super) fn announce_topic(&self, topic: &Topic, epoch: &str) {
         if !self.any_wildcard.load(Ordering::Acquire) {
             return;

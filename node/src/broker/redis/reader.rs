@@ -443,6 +443,7 @@ impl Live {
             self.resubscribe_discovery().await;
         }
         self.resubscribe(&topics).await;
+        self.rediscover(sink).await;
         let armed = self.armed_topics();
         debug!(
             topics = armed.len(),

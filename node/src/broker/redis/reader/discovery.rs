@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 
 use fred::{
-    interfaces::{ClientLike, PubsubInterface},
+    interfaces::{ClientLike, HashesInterface, PubsubInterface},
     types::Value,
 };
 use futures_util::TryStreamExt;
@@ -73,7 +73,59 @@ impl Live {
         filter: &TopicFilter,
     ) -> Result<Vec<Topic>, BrokerError> {
         self.discover().await?;
-        let pattern = keys::meta_scan(filter.base().as_str());
+        let mut topics: Vec<Topic> = self
+            .scan_topics(keys::meta_scan(filter.base().as_str()))
+            .await?
+            .into_iter()
+            .filter(|t| filter.matches(t.as_str()))
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        Ok(topics)
+    }
+
+    /// After a reconnect of the subscriber connection (with wildcards held):
+    /// announcements sent while it was down were lost, so every existing topic a
+    /// held wildcard matches and this node does not follow is announced to the
+    /// hub now, with its current epoch, as `sluice_publish` would have. The hub
+    /// follows it from that epoch's seq 1 (the stream has what was published in the
+    /// gap); topics already followed are left alone.
+    pub(super) async fn rediscover(&self, sink: &dyn Sink) {
+        if !self.discovery.load(Ordering::Acquire) {
+            return;
+        }
+        let topics = match self.scan_topics(keys::META_SCAN_ALL.to_owned()).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "listing topics after a reconnect failed; wildcards see new topics from their next announcement");
+                return;
+            }
+        };
+        let missing: Vec<Topic> = {
+            let followed = self.lock();
+            topics
+                .into_iter()
+                .filter(|t| !followed.contains_key(t) && sink.wildcard_matches(t.as_str()))
+                .collect()
+        };
+        for topic in missing {
+            let epoch: Result<Option<String>, _> = self
+                .pool
+                .next()
+                .hget(keys::meta(topic.as_str()), "epoch")
+                .await;
+            match epoch {
+                Ok(Some(epoch)) => sink.announce(&topic, &epoch),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%topic, error = %redact::scrub(e.details()), "reading a topic's epoch failed")
+                }
+            }
+        }
+    }
+
+    /// The topics whose meta keys match `pattern`, on every master.
+    async fn scan_topics(&self, pattern: String) -> Result<Vec<Topic>, BrokerError> {
         let client = self.pool.next();
         let keys: Vec<fred::types::Key> = if client.is_clustered() {
             client
@@ -87,16 +139,12 @@ impl Live {
                 .await
         }
         .map_err(|e| unavailable("listing topics", e.details()))?;
-        let mut topics: Vec<Topic> = keys
+        Ok(keys
             .iter()
             .filter_map(|k| k.as_str())
             .filter_map(keys::topic_of_meta)
-            .filter(|t| filter.matches(t))
             .filter_map(|t| Topic::parse(t).ok())
-            .collect();
-        topics.sort_unstable();
-        topics.dedup();
-        Ok(topics)
+            .collect())
     }
 
     /// One announcement: `<topic>\n<epoch>`. Anything else is ignored (anyone may
