@@ -1,5 +1,5 @@
 import json, glob, statistics, os, re
-D='/work/wt-framewriter/loadtest/results/framewriter-20261201'
+import os; D=os.path.dirname(os.path.abspath(__file__))
 def med(xs): return (statistics.median(xs), min(xs), max(xs)) if xs else None
 def fmt(t, d=1):
     if not t: return '–'

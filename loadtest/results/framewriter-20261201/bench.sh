@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Before/after/baseline, interleaved, release binaries in /tmp/fw-bin.
 set -u
-cd /work/wt-framewriter
+cd "$(dirname "$0")/../../.."  # the repository root
 OUT=loadtest/results/framewriter-20261201
 mkdir -p $OUT
 use() { cp --remove-destination /tmp/fw-bin/sluice-$1 target/release/sluice; }

@@ -1,6 +1,6 @@
 # second pass (runs 3 and 4 at 200k, capacity run 3), same session
 set -u
-cd /work/wt-framewriter
+cd "$(dirname "$0")/../../.."  # the repository root
 OUT=loadtest/results/framewriter-20261201
 use() { cp --remove-destination /tmp/fw-bin/sluice-$1 target/release/sluice; }
 for run in 3 4; do
