@@ -7,6 +7,9 @@
 # (started fresh, so nothing carries over). Prints one JSON line per measurement.
 #
 #   loadtest/bench-wildcards.sh          (RUNS=2 CLIENTS=1000 RATE=200 SECONDS_PER_RUN=10)
+#   MODE=capacity loadtest/bench-wildcards.sh
+#       the issue's measure instead: the capacity ramp (`sluice-loadtest latency`, the
+#       highest rate whose p99 stays within 100 ms) with 0 and 10,000 wildcards held
 # Needs redis-server on PATH and release builds of sluice and sluice-loadtest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +44,11 @@ start_node() {
     exit 1
 }
 
+mode="${MODE:-fixed}" variants="0 100 10000 10000m" hold_s=$((seconds + 15))
+if [[ $mode == capacity ]]; then variants="0 10000" hold_s=600; fi
+
 for run in $(seq "$runs"); do
-    for variant in 0 100 10000 10000m; do
+    for variant in $variants; do
         patterns="${variant%m}" matching=0
         [[ $variant == *m ]] && matching=10
         start_node
@@ -50,7 +56,7 @@ for run in $(seq "$runs"); do
         if [[ $patterns -gt 0 ]]; then
             target/release/sluice-loadtest patterns --url "ws://127.0.0.1:$node_port/ws" \
                 --connections 100 --patterns "$patterns" --matching "$matching" \
-                --hold "$((seconds + 15))s" >"$work/holder.json" &
+                --hold "${hold_s}s" >"$work/holder.json" &
             holder=$!
             # Every wildcard acked before the fan-out starts.
             for _ in $(seq 200); do
@@ -59,9 +65,18 @@ for run in $(seq "$runs"); do
                 sleep 0.1
             done
         fi
-        report=$(target/release/sluice-loadtest fanout --url "ws://127.0.0.1:$node_port/ws" \
-            --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --rate "$rate" \
-            --duration "${seconds}s" --server-pid "$node_pid" --json --quiet | tail -1)
+        if [[ $mode == capacity ]]; then
+            report=$(target/release/sluice-loadtest latency --url "ws://127.0.0.1:$node_port/ws" \
+                --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --payload 64 \
+                --duration 5s --step-duration 3s --p99-bound-ms 100 --server-pid "$node_pid" \
+                --json --quiet | tail -1)
+            # The holders have no report to give here: end them now.
+            [[ -n $holder ]] && kill "$holder" 2>/dev/null
+        else
+            report=$(target/release/sluice-loadtest fanout --url "ws://127.0.0.1:$node_port/ws" \
+                --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --rate "$rate" \
+                --duration "${seconds}s" --server-pid "$node_pid" --json --quiet | tail -1)
+        fi
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$node_pid/status")
         held=$(curl -fsS "http://127.0.0.1:$node_port/metrics" | awk '/^sluice_subscribes_total/ {print $2}')
         # The holders' connections end with the hold; their report says what the

@@ -398,6 +398,10 @@ impl Broker for Coalescing {
         self.inner.deregister_node(node_id).await;
     }
 
+    fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
+        self.inner.local_head(topic)
+    }
+
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
         self.inner.live_nodes().await
     }

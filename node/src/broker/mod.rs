@@ -83,6 +83,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// resume needs to decide, without the snapshot a successful resume never sends.
     async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError>;
 
+    /// The position this node's live path has delivered `topic` up to, when it
+    /// follows the topic and is caught up with it (no Redis read). Every later
+    /// publication is still to come through the sink, so a session that joined the
+    /// hub before asking may resume from it; one whose resume does not fit asks
+    /// Redis ([`Broker::head`]). `None` where a broker keeps no such position.
+    fn local_head(&self, _topic: &Topic) -> Option<StreamPosition> {
+        None
+    }
+
     /// Up to `limit` publications of the current epoch with `seq >= from`, in order.
     /// The first one's seq is greater than `from` when older ones were trimmed.
     async fn history(

@@ -105,13 +105,33 @@ where
         // resume fails, since only then is it sent. (The hub's join armed live
         // delivery already.)
         let resuming = entry.resume_from_seq.is_some();
-        let mut state = match read_state(&*self.ctx.broker, &topic, !resuming).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.unsubscribe(&topic);
-                let msg = format!("could not subscribe: {e}");
-                return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
-            }
+        // A resume that fits the position this node's live path has reached needs
+        // no Redis read at all (a reconnect storm on a followed topic); one that
+        // does not fit is decided on Redis's head, as always.
+        let local = resuming
+            .then(|| self.ctx.broker.local_head(&topic))
+            .flatten()
+            .filter(|p| {
+                Position::resume(
+                    entry.resume_from_seq,
+                    entry.epoch.as_deref(),
+                    Some(p.epoch.as_str()),
+                    p.seq,
+                ) != Resume::Mismatch
+            });
+        let mut state = match local {
+            Some(position) => crate::broker::TopicState {
+                position: Some(position),
+                snapshot: None,
+            },
+            None => match read_state(&*self.ctx.broker, &topic, !resuming).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unsubscribe(&topic);
+                    let msg = format!("could not subscribe: {e}");
+                    return Ok(Some(Refusal::new(ErrorCode::InternalError, msg, &name)));
+                }
+            },
         };
         let mut head = state.position.as_ref().map_or(0, |p| p.seq);
         let mut epoch: Option<Arc<str>> =

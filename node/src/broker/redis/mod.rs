@@ -422,6 +422,10 @@ impl Broker for RedisBroker {
         let _ = tokio::time::timeout(QUIT_TIMEOUT, forget).await;
     }
 
+    fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
+        self.live.local_head(topic)
+    }
+
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
         let client = self.pool.next();
         let ids: Vec<String> = client

@@ -27,7 +27,7 @@ use fred::{
     interfaces::{EventInterface, HashesInterface, PubsubInterface},
     types::{config::Server, Message, MessageKind, Value},
 };
-use sluice_common::{keys, redact, Topic};
+use sluice_common::{keys, redact, StreamPosition, Topic};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -254,6 +254,23 @@ impl Live {
     }
 
     /// Lets a history read from Redis extend the topic's tail backwards.
+    /// The position the reader has handed `topic` to the sink up to, when it is
+    /// armed and caught up (not waiting for a read); see `Broker::local_head`. The
+    /// tail's position moves before the publication is delivered (`place`, then
+    /// `deliver`), so a session in the hub gets every seq after it live.
+    pub(super) fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
+        let m = self.lock();
+        let f = m.get(topic)?;
+        if !f.armed || f.stale || f.read_on_arm {
+            return None;
+        }
+        let (epoch, seq) = f.tail.position()?;
+        Some(StreamPosition {
+            seq,
+            epoch: epoch.to_string(),
+        })
+    }
+
     pub(super) fn backfill(&self, topic: &Topic, page: &[Pub]) {
         if let Some(f) = self.lock().get_mut(topic).filter(|f| f.armed) {
             f.tail.backfill(page);
