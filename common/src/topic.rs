@@ -28,8 +28,24 @@ pub enum TopicError {
 
 /// A validated, concrete topic name. Cheap to clone: the hub and every session
 /// holding a subscription share one allocation.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
+
+/// Names compare equal when their text does; two handles of one allocation (the
+/// hub's copy, held by every subscriber and publication of the topic) answer
+/// without reading the text. (`Arc<str>`'s own `==` always compares the bytes.)
+impl PartialEq for Topic {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+/// As the text hashes, so that equal names hash alike (and `Borrow<str>` lookups work).
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Topic {
     /// Validates `name` as a concrete topic (no wildcard).

@@ -14,6 +14,10 @@ use metrics_exporter_prometheus::{
 };
 use sluice_common::ErrorCode;
 
+mod fixed;
+
+pub use fixed::FixedHistogram;
+
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "sluice_connections_total";
 pub const MESSAGES_SENT: &str = "sluice_messages_sent_total";
@@ -143,7 +147,7 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub rate_limited: Counter,
     pub auth_failures: Counter,
-    pub delivery_latency: Histogram,
+    pub delivery_latency: FixedHistogram,
     pub published: Counter,
     pub redis_connected: Gauge,
     pub heartbeats_sent: Counter,
@@ -157,8 +161,8 @@ pub struct Metrics {
     errors: Vec<Counter>,
     /// Ended sessions, one counter per label of [`CLOSE_LABELS`].
     disconnects: Vec<Counter>,
-    pub mailbox_depth: Histogram,
-    pub outbound_bytes: Histogram,
+    pub mailbox_depth: FixedHistogram,
+    pub outbound_bytes: FixedHistogram,
     connections_max: Gauge,
     ready: Gauge,
     process_rss: Gauge,
@@ -178,19 +182,7 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(CONNECTION_DURATION.into()),
-                    DURATION_BUCKETS,
-                )
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(MAILBOX_DEPTH.into()), DEPTH_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(OUTBOUND_BYTES.into()), BYTES_BUCKETS)
-            })
+            .set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), DURATION_BUCKETS)
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -261,24 +253,24 @@ impl Metrics {
                 "sessions ended, by close code (none: the client left)",
                 &CLOSE_LABELS,
             ),
-            mailbox_depth: histogram(
+            mailbox_depth: FixedHistogram::new(
                 MAILBOX_DEPTH,
-                None,
                 "publications waiting in a session's mailbox when it starts a burst",
+                DEPTH_BUCKETS,
             ),
-            outbound_bytes: histogram(
+            outbound_bytes: FixedHistogram::new(
                 OUTBOUND_BYTES,
-                Some(Unit::Bytes),
                 "size of each data frame written to a client",
+                BYTES_BUCKETS,
             ),
             connections_max: gauge(CONNECTIONS_MAX, "SLUICE_MAX_CONNECTIONS"),
             ready: gauge(READY, "1 while /ready answers 200"),
             process_rss: gauge(PROCESS_RSS, "resident memory of the node's process"),
             process_fds: gauge(PROCESS_FDS, "open file descriptors of the node's process"),
-            delivery_latency: histogram(
+            delivery_latency: FixedHistogram::new(
                 DELIVERY_LATENCY,
-                Some(Unit::Seconds),
                 "time from publish to socket write",
+                LATENCY_BUCKETS,
             ),
             active: AtomicI64::new(0),
             handled: AtomicU64::new(0),
@@ -334,7 +326,7 @@ impl Metrics {
         self.frames_sent(frames);
         if data > 0 {
             self.outbound_bytes
-                .record_many(bytes as f64 / data as f64, data as usize);
+                .record_many(bytes as f64 / data as f64, data);
         }
     }
 
@@ -359,7 +351,18 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for h in [
+            &self.delivery_latency,
+            &self.mailbox_depth,
+            &self.outbound_bytes,
+        ] {
+            h.render(&mut text);
+        }
+        text
     }
 
     /// Drains histogram buffers; called periodically by the node.

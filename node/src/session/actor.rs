@@ -413,13 +413,7 @@ where
     /// latency is sampled once per batch: the age of its oldest live delivery.
     async fn on_burst(&mut self, batch: Vec<Pub>, depth: usize) -> Result<(), SessionEnd> {
         self.ctx.metrics.mailbox_depth(depth);
-        let mut oldest: Option<i64> = None;
-        for p in batch {
-            if let Some(published_ms) = self.on_publication(p).await? {
-                oldest = Some(oldest.map_or(published_ms, |o| o.min(published_ms)));
-            }
-        }
-        if let Some(published_ms) = oldest {
+        if let Some(published_ms) = self.deliver_burst(batch).await? {
             let lag_ms = sluice_common::time_fmt::now_ms().saturating_sub(published_ms);
             self.ctx
                 .metrics

@@ -10,6 +10,7 @@ mod actor_tests;
 mod context;
 mod deadlines;
 mod delivery;
+mod fast;
 mod inbound;
 mod join;
 mod limits;

@@ -110,7 +110,7 @@ where
     /// socket that accepts no bytes for `SLUICE_CONNECTION_TIMEOUT` is a slow
     /// consumer (4008, even on a quiet topic, where the outbox never fills); a token
     /// that expires meanwhile still ends the session at its expiry.
-    fn write_deadline(&self) -> WriteDeadline {
+    pub(super) fn write_deadline(&self) -> WriteDeadline {
         let stall = self.ctx.config.connection_timeout;
         let expiry = self.token_remaining();
         if expiry < stall {
@@ -137,7 +137,7 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, msg: &Message) {
+    pub(super) fn add(&mut self, msg: &Message) {
         self.frames += 1;
         let len = match msg {
             Message::Text(t) => t.len(),
@@ -157,7 +157,7 @@ impl Tally {
 
 /// How long a blocked write may wait, and what ends then.
 #[derive(Debug, Clone, Copy)]
-struct WriteDeadline {
+pub(super) struct WriteDeadline {
     limit: Duration,
     /// The token expires first (else the socket counts as stalled).
     token_expires: bool,
@@ -165,7 +165,7 @@ struct WriteDeadline {
 
 /// Runs a socket write under `deadline`. The write is polled once first, so the
 /// common case — the socket takes the bytes at once — never arms a timer.
-async fn under_deadline(
+pub(super) async fn under_deadline(
     write: impl Future<Output = Result<(), SessionEnd>>,
     deadline: WriteDeadline,
 ) -> Result<(), SessionEnd> {

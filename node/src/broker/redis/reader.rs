@@ -355,7 +355,12 @@ impl Live {
         if m.kind != MessageKind::SMessage {
             return;
         }
-        let Some(topic) = keys::topic_of_live(&m.channel).and_then(|t| Topic::parse(t).ok()) else {
+        let Some(name) = keys::topic_of_live(&m.channel) else {
+            return;
+        };
+        // The followed topic's own handle: sessions compare it by address.
+        let known = self.lock().get_key_value(name).map(|(t, _)| t.clone());
+        let Some(topic) = known.or_else(|| Topic::parse(name).ok()) else {
             return;
         };
         let body: &[u8] = match &m.value {
