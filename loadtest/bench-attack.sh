@@ -13,29 +13,17 @@ cd "$(dirname "$0")/.."
 runs="${RUNS:-3}" clients="${CLIENTS:-1000}" rate="${RATE:-50}" seconds="${SECONDS_PER_RUN:-15}"
 redis_port="${BENCH_REDIS_PORT:-6421}" node_port="${BENCH_NODE_PORT:-18290}"
 admin="bench-attack-admin-token-0123456789abcdef"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source loadtest/lib.sh
 
 cargo build --release -q -p sluice-node -p sluice-loadtest
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-    >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$redis_port"
 REDIS_URL="redis://127.0.0.1:$redis_port" SLUICE_BIND="127.0.0.1:$node_port" SLUICE_NODE_ID=bench \
     SLUICE_ADMIN_TOKEN="$admin" SLUICE_HANDSHAKE_TIMEOUT=5 SLUICE_CONNECTION_TIMEOUT=10 SLUICE_HEARTBEAT_INTERVAL=2 \
     SLUICE_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=error target/release/sluice >"$work/node.log" 2>&1 &
 node_pid=$!
 pids+=("$node_pid")
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_ready "$node_port" 100 "$work/node.log"
 
 # Samples the node's RSS (kB) every 0.5 s into $1 until killed.
 sample_rss() {

@@ -15,14 +15,7 @@ clients=${CLIENTS:-2000}
 topics=${TOPICS:-1000}
 rate=${RATE:-5000}
 duration=${DURATION:-10s}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$here/lib.sh"
 
 # The library with its SPUBLISH line replaced by the partitioned XADD.
 python3 - "$here/../node/src/broker/redis/sluice.lua" "$work/notify.lua" <<'PY'
@@ -38,22 +31,16 @@ open(sys.argv[2], 'w').write(out)
 PY
 
 # A previous run's servers may still be exiting.
-for port in 6391 6392; do
-    while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.2; done
-done
-for port in 6391 6392; do
-    redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no >"$work/redis-$port.log" 2>&1 &
-    pids+=($!)
-done
-for port in 6391 6392; do
-    until redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.1; done
-done
+wait_ports_free 6391 6392
+start_redis 6391
+start_redis 6392
+wait_redis 6391 6392
 redis-cli -p 6391 -x function load replace <"$work/notify.lua" >/dev/null
 # The clients are served by a node of the decoy Redis (they only give the
 # publisher the same topics as bench-live.sh).
 REDIS_URL=redis://127.0.0.1:6392 SLUICE_BIND=127.0.0.1:18081 SLUICE_AUTH=off "$node_bin" >"$work/node.log" 2>&1 &
 pids+=($!)
-until curl -sf http://127.0.0.1:18081/ready >/dev/null 2>&1; do sleep 0.1; done
+wait_ready 18081 600 "$work/node.log"
 
 # "warm" is a discarded first run at 0: a fresh Redis pays for growing its memory
 # (page faults) on its first streams, which inflated the first figure by 40 %.
@@ -73,15 +60,7 @@ for n in warm 0 1 2 3; do
         --json --quiet 2>"$work/lt-$n.log" | tail -1)
     cpu=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["redis_cpu_us_per_publish"])')
     # As in bench-live.sh: FCALL (with its XADD) plus the readers' XREADs, per publish.
-    cmd=$(redis-cli -p 6391 info commandstats | PUBS=$(printf '%s' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["published"]-r["publish_errors"])') python3 -c '
-import os, sys
-usec = {}
-for line in sys.stdin:
-    if line.startswith("cmdstat_"):
-        name, rest = line.strip()[8:].split(":", 1)
-        usec[name] = float(dict(kv.split("=") for kv in rest.split(","))["usec"])
-pubs = int(os.environ["PUBS"])
-print("%.2f" % ((usec.get("fcall", 0) + usec.get("xread", 0) + usec.get("fcall_ro", 0)) / pubs))')
+    cmd=$(cmd_us_per_publish 6391 "$out")
     [ "$warm" = warm ] ||
     echo "notify-streams readers=$n redis_cpu_us_per_publish=$cpu cmd_us_per_publish=$cmd"
     for p in "${readers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

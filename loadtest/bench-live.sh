@@ -19,39 +19,23 @@ clients=${CLIENTS:-2000}
 topics=${TOPICS:-1000}
 rate=${RATE:-5000}
 duration=${DURATION:-10s}
-work=$(mktemp -d)
-pids=()
-
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 # A previous run's servers may still be exiting.
-for port in 6391 6392; do
-    while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.2; done
-done
-for port in 6391 6392; do
-    redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no >"$work/redis-$port.log" 2>&1 &
-    pids+=($!)
-done
-for port in 6391 6392; do
-    until redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.1; done
-done
+wait_ports_free 6391 6392
+start_redis 6391
+start_redis 6392
+wait_redis 6391 6392
 
 start_node() { # port redis_port
     REDIS_URL="redis://127.0.0.1:$2" SLUICE_BIND="127.0.0.1:$1" SLUICE_NODE_ID="n$1" SLUICE_AUTH=off \
         "$node_bin" >"$work/node-$1.log" 2>&1 &
     node_pids+=($!)
-    pids+=($!)
-    until curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1; do sleep 0.1; done
+    wait_ready "$1" 600 "$work/node-$1.log"
 }
 
 # Load this build's function library into the measured Redis (a node does that at
 # start-up; FLUSHALL keeps functions).
-node_pids=()
 start_node 18081 6391
 for p in "${node_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 
@@ -80,18 +64,10 @@ for n in warm 0 1 2 3; do
     [ -n "${KEEP:-}" ] && { echo "$out"; cat "$work/lt-$n.log"; }
     cpu=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["redis_cpu_us_per_publish"])')
     pubs=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["publishes_per_sec"])')
-    # Redis time inside commands (INFO commandstats, less noisy than INFO cpu but
-    # blind to socket writes): FCALL (the publish and its PUBLISH/SPUBLISH) plus the
-    # reads nodes make (XREAD, FCALL_RO), per publish.
-    cmd=$(redis-cli -p 6391 info commandstats | PUBS=$(printf '%s' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["published"]-r["publish_errors"])') python3 -c '
-import os, sys
-usec = {}
-for line in sys.stdin:
-    if line.startswith("cmdstat_"):
-        name, rest = line.strip()[8:].split(":", 1)
-        usec[name] = float(dict(kv.split("=") for kv in rest.split(","))["usec"])
-pubs = int(os.environ["PUBS"])
-print("%.2f" % ((usec.get("fcall", 0) + usec.get("xread", 0) + usec.get("fcall_ro", 0)) / pubs))')
+    # Redis time inside commands per publish (INFO commandstats, less noisy than
+    # INFO cpu but blind to socket writes): FCALL (the publish and its
+    # PUBLISH/SPUBLISH) plus the reads nodes make (XREAD, FCALL_RO); see lib.sh.
+    cmd=$(cmd_us_per_publish 6391 "$out")
     [ "$warm" = warm ] ||
     echo "$label nodes=$n redis_cpu_us_per_publish=$cpu cmd_us_per_publish=$cmd publishes_per_sec=$pubs"
     for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done

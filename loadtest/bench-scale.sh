@@ -27,16 +27,7 @@ high_rate=${HIGH_RATE:-20000}
 duration=${DURATION:-10s}
 node_counts=${NODES:-0 1 2 4}
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-node_pids=()
-
-cleanup() {
-    for p in "${node_pids[@]}" "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 single=6451
 decoy=6452
@@ -49,20 +40,13 @@ for port in $single $decoy "${masters[@]}"; do
         exit 1
     fi
 done
-for port in $single $decoy; do
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-        >"$work/redis-$port.log" 2>&1 &
-    pids+=($!)
-done
+start_redis $single
+start_redis $decoy
 for port in "${masters[@]}"; do
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-        --cluster-enabled yes --cluster-config-file "$work/nodes-$port.conf" \
-        --cluster-node-timeout 5000 >"$work/redis-$port.log" 2>&1 &
-    pids+=($!)
+    start_redis "$port" --cluster-enabled yes --cluster-config-file "$work/nodes-$port.conf" \
+        --cluster-node-timeout 5000
 done
-for port in $single $decoy "${masters[@]}"; do
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
-done
+wait_redis $single $decoy "${masters[@]}"
 redis-cli --cluster create "${masters[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
     >"$work/cluster-create.log" 2>&1
 for port in "${masters[@]}"; do
@@ -74,13 +58,7 @@ start_node() { # port redis_url
         SLUICE_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=warn \
         "$node_bin" >>"$work/node-$1.log" 2>&1 &
     node_pids+=($!)
-    for _ in $(seq 300); do
-        curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "bench-scale: node $1 did not become ready" >&2
-    tail -20 "$work/node-$1.log" >&2
-    exit 1
+    wait_ready "$1" 300 "$work/node-$1.log"
 }
 stop_nodes() {
     for p in "${node_pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -17,18 +17,9 @@ cd "$(dirname "$0")/.."
 runs="${RUNS:-2}" clients="${CLIENTS:-1000}" rate="${RATE:-200}" seconds="${SECONDS_PER_RUN:-10}"
 redis_port="${BENCH_REDIS_PORT:-6431}" node_port="${BENCH_NODE_PORT:-18310}"
 admin="bench-wildcards-admin-token-0123456789abcdef"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source loadtest/lib.sh
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-    >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$redis_port"
 sleep 0.5
 
 start_node() {
@@ -36,12 +27,7 @@ start_node() {
         SLUICE_ADMIN_TOKEN="$admin" SLUICE_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=error \
         target/release/sluice >"$work/node.log" 2>&1 &
     node_pid=$!
-    for _ in $(seq 100); do
-        curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    echo "node did not become ready" >&2
-    exit 1
+    wait_ready "$node_port" 100 "$work/node.log"
 }
 
 mode="${MODE:-fixed}" variants="0 100 10000 10000m" hold_s=$((seconds + 15))

@@ -14,34 +14,17 @@ cd "$(dirname "$0")/.."
 redis_port="${SMOKE_REDIS_PORT:-6411}"
 node_port="${SMOKE_NODE_PORT:-18190}"
 clients=200 rate=50 seconds=3
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source loadtest/lib.sh
 
 cargo build --release -q -p sluice-node -p sluice-loadtest
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-    >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis "$redis_port"
 REDIS_URL="redis://127.0.0.1:$redis_port" SLUICE_BIND="127.0.0.1:$node_port" SLUICE_NODE_ID=smoke \
     RUST_LOG=warn target/release/sluice >"$work/node.log" 2>&1 &
 node_pid=$!
 pids+=("$node_pid")
 
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$node_port/ready" >/dev/null || {
-    echo "loadtest-smoke: the node did not become ready" >&2
-    tail -20 "$work/node.log" >&2
-    exit 1
-}
+wait_ready "$node_port" 100 "$work/node.log"
 
 target/release/sluice-loadtest fanout --url "ws://127.0.0.1:$node_port/ws" \
     --redis "redis://127.0.0.1:$redis_port" --clients "$clients" --rate "$rate" \
@@ -77,10 +60,7 @@ REDIS_URL="redis://127.0.0.1:$redis_port" SLUICE_BIND="127.0.0.1:$auth_port" SLU
     SLUICE_AUTH=required SLUICE_JWT_SECRET="$secret" RUST_LOG=warn target/release/sluice \
     >"$work/node-auth.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$auth_port/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_ready "$auth_port" 100 "$work/node-auth.log"
 SLUICE_JWT_SECRET="$secret" target/release/sluice-loadtest mixed \
     --url "ws://127.0.0.1:$auth_port/ws" --redis "redis://127.0.0.1:$redis_port" \
     --clients 100 --topics 10 --rate 200 --duration 2s --json --quiet >"$work/mixed.txt"

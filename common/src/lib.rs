@@ -9,7 +9,9 @@ pub mod lock;
 pub mod position;
 pub mod protocol;
 pub mod redact;
+pub mod redis_info;
 pub mod redis_url;
+pub mod rng;
 pub mod time_fmt;
 pub mod topic;
 

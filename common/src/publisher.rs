@@ -150,13 +150,7 @@ impl Publisher {
         topic: &str,
         payload: &impl Serialize,
     ) -> Result<StreamPosition, PublishError> {
-        self.publish_json(
-            topic,
-            PublishKind::Delta,
-            &serde_json::to_string(payload)?,
-            None,
-        )
-        .await
+        self.publish_value(topic, PublishKind::Delta, payload).await
     }
 
     /// Publishes a delta and makes `snapshot` the topic's latest state at its seq.
@@ -182,13 +176,18 @@ impl Publisher {
         topic: &str,
         payload: &impl Serialize,
     ) -> Result<StreamPosition, PublishError> {
-        self.publish_json(
-            topic,
-            PublishKind::Alert,
-            &serde_json::to_string(payload)?,
-            None,
-        )
-        .await
+        self.publish_value(topic, PublishKind::Alert, payload).await
+    }
+
+    /// `payload` serialized, published as `kind` without snapshot or meta.
+    async fn publish_value(
+        &self,
+        topic: &str,
+        kind: PublishKind,
+        payload: &impl Serialize,
+    ) -> Result<StreamPosition, PublishError> {
+        self.publish_json(topic, kind, &serde_json::to_string(payload)?, None)
+            .await
     }
 
     /// Publishes a message of `kind` with `meta`, the engine's own fields for the

@@ -31,7 +31,6 @@
 
 mod market;
 mod publish;
-mod rng;
 mod run;
 mod settings;
 

@@ -5,12 +5,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use sluice_common::time_fmt;
+use sluice_common::{rng::Rng, time_fmt};
 
-use crate::{
-    rng::{round2, Rng},
-    settings::Settings,
-};
+use crate::settings::Settings;
 
 const BOOK_LEVELS: usize = 5;
 const SNAPSHOT_EVERY: u64 = 10;
@@ -150,7 +147,7 @@ impl Market {
             12..=14 => self.trade(),
             15 | 16 => self.auction(),
             _ => {
-                if self.rng.unit() < 0.1 {
+                if self.rng.next_f64() < 0.1 {
                     self.margin_warning()
                 } else {
                     self.price()
@@ -202,7 +199,7 @@ impl Market {
             return self.idle();
         };
         self.trade_id += 1;
-        let buy = self.rng.unit() < 0.55;
+        let buy = self.rng.next_f64() < 0.55;
         let quantity = 10 * (1 + self.rng.below(100)) as i64;
         let price = round2(ins.mid * (1.0 + self.rng.range(-0.0005, 0.0005)));
         let signed = if buy { quantity } else { -quantity };
@@ -359,6 +356,11 @@ impl Market {
             snapshot: None,
         }
     }
+}
+
+/// Rounds to cents.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]

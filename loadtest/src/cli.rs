@@ -1,18 +1,19 @@
-//! The command line: one subcommand per scenario, the options they share, and the
-//! dispatch. Durations are written `10s`, `500ms`, `2m` or plain seconds.
+//! The command line: one subcommand per scenario and the dispatch. The options
+//! every scenario shares live in `cli/common.rs`.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+mod common;
+
+pub use common::{default_bind_ips, parse_duration, Common};
 
 use crate::{
     baseline, procfs,
     report::Report,
-    run::RunConfig,
     scenario::{fanout, idle, latency, mixed_run, storm, topics},
-    target::System,
-    ws::WsUrl,
 };
 
 #[derive(Debug, Parser)]
@@ -174,162 +175,6 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-}
-
-/// Options every scenario shares.
-#[derive(Debug, Clone, Args)]
-pub struct Common {
-    /// The system under test.
-    #[arg(long, value_enum, default_value_t = System::Sluice)]
-    pub system: System,
-    /// WebSocket URL(s); clients are spread over them. Peers take ws://HOST:PORT.
-    #[arg(long = "url", required = true)]
-    pub urls: Vec<String>,
-    /// Redis URL: Sluice's publisher (FCALL), the Redis peers' PUBLISH, CPU readings.
-    #[arg(long)]
-    pub redis: Option<String>,
-    /// HTTP base for systems that publish over HTTP (default: the first URL's host).
-    #[arg(long)]
-    pub http: Option<String>,
-    #[arg(long, default_value_t = 1000)]
-    pub clients: usize,
-    #[arg(long, default_value_t = 1)]
-    pub topics: usize,
-    /// Publishes per second (all topics together).
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 64)]
-    pub payload: usize,
-    /// Subscriber worker threads (current-thread runtimes).
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
-    /// Publishing connections (each topic keeps to one, in order).
-    #[arg(long, default_value_t = 4)]
-    pub publishers: usize,
-    /// New connections per second while the fleet opens.
-    #[arg(long, default_value_t = 5000.0)]
-    pub connect_rate: f64,
-    /// Source addresses, comma-separated (default: 127.0.0.1.. as many as the
-    /// client count needs, for a loopback target).
-    #[arg(long, value_delimiter = ',')]
-    pub bind_ips: Vec<IpAddr>,
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Pause between the last subscription and the first publish.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    pub settle: Duration,
-    /// Longest wait for late deliveries after the last publish.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub drain: Duration,
-    /// Pid(s) of the system under test, for its CPU use (children included).
-    #[arg(long = "server-pid")]
-    pub server_pids: Vec<u32>,
-    /// A JWT for Sluice (sent as Authorization: Bearer).
-    #[arg(long)]
-    pub token: Option<String>,
-    /// Print only the JSON report on stdout (its last line); people's text on stderr.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress lines.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-/// `10s`, `250ms`, `2m`, `1.5` (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (like 10s, 500ms, 2m)"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("{s:?}: a duration must be a non-negative number"));
-    }
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Loopback source addresses enough for `clients` connections (20k per address,
-/// well under the ~28k ephemeral ports of each).
-pub fn default_bind_ips(first: &WsUrl, clients: usize) -> Vec<IpAddr> {
-    if !first.addr.ip().is_loopback() || clients <= 20_000 {
-        return Vec::new();
-    }
-    let n = clients.div_ceil(20_000).min(250);
-    (1..=n as u8)
-        .map(|i| IpAddr::from([127, 0, 0, i]))
-        .collect()
-}
-
-impl Common {
-    pub fn config(&self) -> anyhow::Result<RunConfig> {
-        if self.clients == 0 {
-            bail!("--clients must be at least 1");
-        }
-        if self.topics == 0 {
-            bail!("--topics must be at least 1");
-        }
-        if !(self.rate.is_finite() && self.rate >= 0.0) {
-            bail!("--rate must be a non-negative number");
-        }
-        if self.workers == 0 || self.workers > 64 {
-            bail!("--workers must be between 1 and 64");
-        }
-        let urls = self
-            .urls
-            .iter()
-            .map(|u| WsUrl::parse(u))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let first = urls.first().context("at least one --url is needed")?;
-        let http = self
-            .http
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", first.host))
-            .trim_end_matches('/')
-            .to_owned();
-        let bind_ips = if self.bind_ips.is_empty() {
-            default_bind_ips(first, self.clients)
-        } else {
-            self.bind_ips.clone()
-        };
-        let headers = match &self.token {
-            Some(t) => format!("Authorization: Bearer {t}\r\n"),
-            None => String::new(),
-        };
-        Ok(RunConfig {
-            system: self.system,
-            urls,
-            redis: self.redis.clone(),
-            http,
-            clients: self.clients,
-            topics: self.topics,
-            rate: self.rate,
-            duration: self.duration,
-            payload: self.payload,
-            workers: self.workers,
-            publishers: self.publishers.max(1),
-            connect_rate: self.connect_rate,
-            bind_ips,
-            timeout: self.timeout,
-            settle: self.settle,
-            drain: self.drain,
-            server_pids: self.server_pids.clone(),
-            headers,
-            progress: !self.quiet,
-        })
-    }
 }
 
 /// Runs the chosen subcommand.
@@ -511,83 +356,5 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-
-    #[test]
-    fn many_clients_get_many_source_addresses() {
-        let local = WsUrl::parse("ws://127.0.0.1:8080/ws").expect("url");
-        assert!(default_bind_ips(&local, 1000).is_empty());
-        let ips = default_bind_ips(&local, 100_001);
-        assert_eq!(ips.len(), 6);
-        assert_eq!(ips[5], IpAddr::from([127, 0, 0, 6]));
-    }
-
-    #[test]
-    fn the_documented_command_line_parses() {
-        let cli = Cli::try_parse_from([
-            "sluice-loadtest",
-            "fanout",
-            "--url",
-            "ws://127.0.0.1:8080/ws",
-            "--url",
-            "ws://127.0.0.1:8081/ws",
-            "--redis",
-            "redis://127.0.0.1:6379",
-            "--clients",
-            "1000",
-            "--rate",
-            "200",
-            "--duration",
-            "10s",
-            "--topics",
-            "1",
-            "--payload",
-            "128",
-            "--json",
-        ])
-        .expect("parses");
-        let Command::Fanout(c) = cli.command else {
-            panic!("fanout expected")
-        };
-        let cfg = c.config().expect("valid");
-        assert_eq!(cfg.urls.len(), 2);
-        assert_eq!(cfg.clients, 1000);
-        assert_eq!(cfg.http, "http://127.0.0.1:8080");
-        assert!(c.json);
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_the_option_named() {
-        let parse = |args: &[&str]| {
-            let mut v = vec!["sluice-loadtest", "fanout", "--url", "ws://127.0.0.1:1/ws"];
-            v.extend_from_slice(args);
-            Cli::try_parse_from(v)
-                .map_err(|e| e.to_string())
-                .and_then(|c| match c.command {
-                    Command::Fanout(c) => c.config().map(|_| ()).map_err(|e| e.to_string()),
-                    _ => Err("wrong command".into()),
-                })
-        };
-        assert!(parse(&[]).is_ok());
-        assert!(parse(&["--clients", "0"])
-            .unwrap_err()
-            .contains("--clients"));
-        assert!(parse(&["--rate", "-5"]).is_err());
-        assert!(parse(&["--duration", "soon"])
-            .unwrap_err()
-            .contains("duration"));
-        assert!(parse(&["--system", "kafka"]).is_err());
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

@@ -29,29 +29,13 @@ pub const READS: &[&str] = &[
     "exists",
 ];
 
-/// Parses `INFO commandstats` (`cmdstat_fcall_ro:calls=12,usec=…`).
-pub fn parse(info: &str) -> Calls {
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
 /// One sample, `None` when Redis is not reachable.
 pub async fn sample(client: &RedisClient) -> Option<Calls> {
     let info: String = client
         .info(Some(fred::types::InfoKind::CommandStats))
         .await
         .ok()?;
-    Some(parse(&info))
+    Some(sluice_common::redis_info::command_calls(&info))
 }
 
 /// `later - earlier` per command (a command missing from `earlier` had 0 calls).
@@ -108,28 +92,8 @@ pub fn reads(calls: &Calls) -> (Calls, u64) {
 mod tests {
     use super::*;
 
-    const INFO: &str = "# Commandstats\r\n\
-        cmdstat_fcall_ro:calls=12,usec=340,usec_per_call=28.33,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_hmget:calls=30,usec=60,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_client|id:calls=1,usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_fcall:calls=20,usec=900,usec_per_call=45.00,rejected_calls=0,failed_calls=0\r\n";
-
     fn calls(v: &[(&str, u64)]) -> Calls {
         v.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
-    }
-
-    #[test]
-    fn commandstats_lines_parse_to_calls_per_command() {
-        assert_eq!(
-            parse(INFO),
-            calls(&[
-                ("fcall_ro", 12),
-                ("hmget", 30),
-                ("client|id", 1),
-                ("fcall", 20)
-            ])
-        );
-        assert!(parse("# Commandstats\r\nnot a stat\r\ncmdstat_x:usec=1\r\n").is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod attack;
 pub mod baseline;
 pub mod cli;
 pub mod commandstats;
+pub mod cpu;
 pub mod fleet;
 pub mod latency;
 pub mod masters;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use fred::{clients::Client as RedisClient, interfaces::ClientLike};
 use serde_json::{json, Map, Value};
+use sluice_common::redis_info;
 
 /// Per command: (calls, microseconds inside it).
 pub type CmdTime = BTreeMap<String, (u64, u64)>;
@@ -70,41 +71,13 @@ impl Masters {
                 .await
                 .with_context(|| format!("INFO commandstats on {name}"))?;
             out.push(Sample {
-                cpu_s: parse_cpu(&cpu).with_context(|| format!("INFO cpu on {name}"))?,
-                commands: parse_commandstats(&stats),
+                cpu_s: redis_info::cpu_seconds(&cpu)
+                    .with_context(|| format!("INFO cpu on {name}"))?,
+                commands: redis_info::command_stats(&stats),
             });
         }
         Ok(out)
     }
-}
-
-/// `used_cpu_sys + used_cpu_user` from `INFO cpu`.
-pub fn parse_cpu(info: &str) -> Option<f64> {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    Some(field("used_cpu_sys:")? + field("used_cpu_user:")?)
-}
-
-/// Calls and microseconds per command from `INFO commandstats`.
-pub fn parse_commandstats(info: &str) -> CmdTime {
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let mut calls = None;
-            let mut usec = None;
-            for kv in rest.split(',') {
-                match kv.split_once('=') {
-                    Some(("calls", v)) => calls = v.parse().ok(),
-                    Some(("usec", v)) => usec = v.parse().ok(),
-                    _ => {}
-                }
-            }
-            Some((name.to_owned(), (calls?, usec?)))
-        })
-        .collect()
 }
 
 /// What one master did between two samples.
@@ -196,25 +169,6 @@ pub fn report(names: &[String], deltas: &[MasterDelta], publishes: u64) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STATS: &str = "# Commandstats\r\n\
-        cmdstat_fcall:calls=100,usec=3000,usec_per_call=30.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_xadd:calls=100,usec=500,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
-        cmdstat_client|id:calls=1,usec=1,usec_per_call=1.00\r\n\
-        cmdstat_broken:calls=x\r\n";
-
-    #[test]
-    fn info_sections_parse() {
-        let c = parse_commandstats(STATS);
-        assert_eq!(c.len(), 3);
-        assert_eq!(c["fcall"], (100, 3000));
-        assert_eq!(c["client|id"], (1, 1));
-        assert_eq!(
-            parse_cpu("# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\n"),
-            Some(3.75)
-        );
-        assert_eq!(parse_cpu("used_cpu_sys:1.5\r\n"), None);
-    }
 
     #[test]
     fn addresses_become_urls() {

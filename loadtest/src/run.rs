@@ -12,14 +12,13 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use fred::{clients::Client as RedisClient, interfaces::ClientLike};
 use tokio::sync::mpsc;
 
 use crate::{
+    cpu::redis_stats_client,
     fleet::{Fleet, FleetSpec, Shared, WorkerOut},
     payload::{self, Stamp},
-    procfs,
-    report::{Cpu, Report},
+    report::Report,
     schedule::{RateSchedule, Rng, Zipf},
     target::{Publish, System},
     ws::WsUrl,
@@ -172,68 +171,8 @@ pub async fn await_fleet(cfg: &RunConfig, shared: &Shared) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Redis's own CPU seconds (user + sys) from INFO.
-pub async fn redis_cpu(client: &RedisClient) -> Option<f64> {
-    let info: String = client.info(Some(fred::types::InfoKind::Cpu)).await.ok()?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    Some(field("used_cpu_sys:")? + field("used_cpu_user:")?)
-}
-
-pub async fn redis_stats_client(url: Option<&str>) -> Option<RedisClient> {
-    let config = fred::types::config::Config::from_url(url?).ok()?;
-    let client = fred::types::Builder::from_config(config).build().ok()?;
-    client.init().await.ok()?;
-    Some(client)
-}
-
-/// CPU readings at the start of a window; `finish` turns them into percentages.
-#[derive(Debug)]
-pub struct CpuMeter {
-    at: Instant,
-    server: Option<f64>,
-    redis: Option<f64>,
-    own: f64,
-}
-
-impl CpuMeter {
-    pub async fn start(server_pids: &[u32], redis: Option<&RedisClient>) -> Self {
-        CpuMeter {
-            at: Instant::now(),
-            server: (!server_pids.is_empty()).then(|| procfs::tree_cpu_seconds(server_pids)),
-            redis: match redis {
-                Some(r) => redis_cpu(r).await,
-                None => None,
-            },
-            own: procfs::tree_cpu_seconds(&[std::process::id()]),
-        }
-    }
-
-    /// (percentages, Redis CPU seconds used).
-    pub async fn finish(
-        &self,
-        server_pids: &[u32],
-        redis: Option<&RedisClient>,
-    ) -> (Cpu, Option<f64>) {
-        let secs = self.at.elapsed().as_secs_f64().max(1e-9);
-        let pct = |used: f64| (used / secs * 1000.0).round() / 10.0;
-        let redis_used = match (redis, self.redis) {
-            (Some(r), Some(before)) => redis_cpu(r).await.map(|now| now - before),
-            _ => None,
-        };
-        let cpu = Cpu {
-            server: self
-                .server
-                .map(|before| pct(procfs::tree_cpu_seconds(server_pids) - before)),
-            redis: redis_used.map(pct),
-            loadtest: pct(procfs::tree_cpu_seconds(&[std::process::id()]) - self.own),
-        };
-        (cpu, redis_used)
-    }
-}
+// `scenario::mixed_run` still imports the meter from here; `crate::cpu` is its home.
+pub use crate::cpu::CpuMeter;
 
 /// What a run measured besides the report.
 #[derive(Debug)]
@@ -505,54 +444,5 @@ pub fn account(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::accounting::Tally;
-
-    #[test]
-    fn accounting_owes_each_subscriber_every_successful_publish() {
-        let out = WorkerOut {
-            tally: Tally {
-                unique: 1490,
-                duplicated: 3,
-                out_of_order: 2,
-                gaps: 1,
-            },
-            in_window: 1400,
-            per_topic_unique: vec![1000, 490],
-            ..Default::default()
-        };
-        let mut r = Report::default();
-        // Topic 0: 10 subscribers × 100; topic 1: 5 × 100 (but 10 received less).
-        account(&mut r, &out, &[10, 5], &[100, 100], Duration::from_secs(2));
-        assert_eq!(r.expected, 1500);
-        assert_eq!(r.lost, 10);
-        assert_eq!(r.delivered, 1493);
-        assert_eq!(r.duplicated, 3);
-        assert_eq!(r.out_of_order, 2);
-        assert_eq!(r.deliveries_per_sec, 700.0);
-    }
-
-    #[test]
-    fn topics_without_subscribers_owe_nothing() {
-        let out = WorkerOut {
-            per_topic_unique: vec![0, 0],
-            ..Default::default()
-        };
-        let mut r = Report::default();
-        account(&mut r, &out, &[0, 0], &[50, 7], Duration::from_secs(1));
-        assert_eq!((r.expected, r.lost, r.delivered), (0, 0, 0));
-    }
-
-    #[test]
-    fn run_ids_and_topic_names_are_valid_and_fresh() {
-        let a = topic_names(3);
-        std::thread::sleep(Duration::from_millis(2));
-        let b = topic_names(1);
-        assert_eq!(a.len(), 3);
-        assert!(a[0] != b[0]);
-        for t in a.iter() {
-            sluice_common::topic::Topic::parse(t).expect("valid topic");
-        }
-    }
-}
+#[path = "run_tests.rs"]
+mod tests;

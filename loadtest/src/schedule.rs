@@ -41,29 +41,8 @@ impl RateSchedule {
     }
 }
 
-/// A small, fast, seedable generator (xorshift64*), so runs are repeatable.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The seeded generator the Zipf choice draws from (its home is `sluice_common::rng`).
+pub use sluice_common::rng::Rng;
 
 /// Picks topic indexes 0..n with probability proportional to 1 / (rank+1)^s.
 #[derive(Debug, Clone)]

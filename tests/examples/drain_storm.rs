@@ -11,7 +11,6 @@
 //!     --b ws://127.0.0.1:18082/ws --clients 3000 --rate 200
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -24,34 +23,22 @@ use sluice_common::{
     client::{Backoff, Client, ClientConfig, Event},
     publisher::Publisher,
 };
+use sluice_tests::example_args::ExampleArgs;
 use tokio::sync::Mutex;
 
 const TOPIC: &str = "bench.storm";
 
-fn arg(args: &HashMap<String, String>, k: &str, default: &str) -> String {
-    args.get(k).cloned().unwrap_or_else(|| default.to_owned())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let args: HashMap<String, String> = raw
-        .chunks(2)
-        .filter_map(|c| {
-            Some((
-                c.first()?.trim_start_matches("--").to_owned(),
-                c.get(1)?.clone(),
-            ))
-        })
-        .collect();
-    let clients: usize = arg(&args, "clients", "3000").parse()?;
-    let rate: u64 = arg(&args, "rate", "200").parse()?;
-    let pid = arg(&args, "a-pid", "");
+    let args = ExampleArgs::from_env();
+    let clients: usize = args.get("clients", "3000").parse()?;
+    let rate: u64 = args.get("rate", "200").parse()?;
+    let pid = args.get("a-pid", "");
     let (a, b) = (
-        arg(&args, "a", "ws://127.0.0.1:18081/ws"),
-        arg(&args, "b", "ws://127.0.0.1:18082/ws"),
+        args.get("a", "ws://127.0.0.1:18081/ws"),
+        args.get("b", "ws://127.0.0.1:18082/ws"),
     );
-    let engine = Publisher::connect(&arg(&args, "redis", "redis://127.0.0.1:6379"), 4).await?;
+    let engine = Publisher::connect(&args.get("redis", "redis://127.0.0.1:6379"), 4).await?;
 
     // Per client: last seq seen, and count of anomalies (gap or repeat).
     let last: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());

@@ -7,21 +7,17 @@
 //!
 //! cargo run -p sluice-tests --example replica_wait -- --rounds 10 --per-round 500
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_common::{
     publisher::Publisher,
     redis_client::{RedisSettings, Replicas},
 };
-use sluice_tests::redis_topology::{cli, free_port, temp_dir, RedisProcess};
-
-fn arg(args: &HashMap<String, String>, k: &str, default: &str) -> String {
-    args.get(k).cloned().unwrap_or_else(|| default.to_owned())
-}
+use sluice_tests::{
+    example_args::ExampleArgs,
+    redis_topology::{cli, free_port, temp_dir, RedisProcess},
+};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -29,18 +25,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let args: HashMap<String, String> = raw
-        .chunks(2)
-        .filter_map(|c| {
-            Some((
-                c.first()?.trim_start_matches("--").to_owned(),
-                c.get(1)?.clone(),
-            ))
-        })
-        .collect();
-    let rounds: usize = arg(&args, "rounds", "10").parse()?;
-    let per_round: usize = arg(&args, "per-round", "500").parse()?;
+    let args = ExampleArgs::from_env();
+    let rounds: usize = args.get("rounds", "10").parse()?;
+    let per_round: usize = args.get("per-round", "500").parse()?;
 
     let dir = temp_dir("replica-wait");
     let mport = free_port();

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod counting;
+pub mod example_args;
 pub mod follow;
 pub mod process;
 mod raw;
@@ -77,6 +78,27 @@ impl TestNode {
     pub async fn publish(&self, topic: &str, payload: Value) -> (u64, String) {
         self.publish_body(json!({ "topic": topic, "payload": payload }))
             .await
+    }
+
+    /// Publishes `{"i": i}` for each `i` in `from..=to` over HTTP, asserting each
+    /// gets seq `i` (a topic that starts at `from`); returns the last (seq, epoch).
+    pub async fn publish_n(&self, topic: &str, from: u64, to: u64) -> (u64, String) {
+        let mut last = (0, String::new());
+        for i in from..=to {
+            last = self.publish(topic, json!({ "i": i })).await;
+            assert_eq!(last.0, i);
+        }
+        last
+    }
+
+    /// The status of `GET /ready`.
+    pub async fn ready_status(&self) -> u16 {
+        self.get("/ready", None).await.0
+    }
+
+    /// `redis_connected` of `GET /health`.
+    pub async fn redis_connected(&self) -> Value {
+        self.get_json("/health", None).await.1["redis_connected"].clone()
     }
 
     pub async fn publish_body(&self, body: Value) -> (u64, String) {
@@ -241,6 +263,18 @@ pub fn read_rss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Asserts that `got` is exactly `from..=to` in order; `who` names the receiver.
+pub fn assert_consecutive(got: &[u64], from: u64, to: u64, who: &str) {
+    let want: Vec<u64> = (from..=to).collect();
+    assert!(
+        got == want.as_slice(),
+        "{who}: expected exactly {from}..={to} in order, got {} seqs starting {:?}, ending {:?}",
+        got.len(),
+        got.first(),
+        got.last()
+    );
 }
 
 /// Seqs of publications, in order received.

@@ -153,6 +153,13 @@ impl TestRedis {
         self.container().unpause().await.expect("unpause redis");
     }
 
+    /// An engine's `Publisher` on this Redis (2 connections).
+    pub async fn publisher(&self) -> sluice_common::publisher::Publisher {
+        sluice_common::publisher::Publisher::connect(&self.url, 2)
+            .await
+            .expect("publisher connects")
+    }
+
     /// A plain client for assertions and raw commands.
     pub async fn client(&self) -> Client {
         let client = Builder::from_config(RedisConfig::from_url(&self.url).expect("url"))
@@ -166,6 +173,18 @@ impl TestRedis {
         let c = self.client().await;
         c.flushall::<()>(false).await.expect("FLUSHALL");
         let _ = c.quit().await;
+    }
+
+    /// Calls per command since the last `CONFIG RESETSTAT`, from `INFO
+    /// commandstats`, collected into any map.
+    pub async fn command_calls<C: FromIterator<(String, u64)>>(&self) -> C {
+        let c = self.client().await;
+        let info: String = c
+            .info(Some(fred::types::InfoKind::CommandStats))
+            .await
+            .expect("INFO commandstats");
+        let _ = c.quit().await;
+        sluice_common::redis_info::command_calls(&info)
     }
 
     /// Number of topic keys (`sluice:{<topic>}:…`), registry records excluded.

@@ -10,6 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sluice_common::{
+    publisher::Publisher,
+    redis_client::{RedisSettings, Replicas},
+};
+
 /// A free TCP port on 127.0.0.1 (released before Redis binds it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -337,6 +342,11 @@ impl SentinelSet {
     }
 }
 
+/// Whether the Redis on `port` holds the `sluice` function library.
+pub fn library_on(port: u16) -> bool {
+    cli(port, &["FUNCTION", "LIST", "LIBRARYNAME", "sluice"]).contains("sluice_publish")
+}
+
 /// A Redis Cluster: 3 masters, each with one replica.
 #[derive(Debug)]
 pub struct TestCluster {
@@ -408,6 +418,39 @@ impl TestCluster {
             .filter(|n| cli(n.port, &["ROLE"]).starts_with("master"))
             .map(|n| n.port)
             .collect()
+    }
+
+    /// The master holding `key` now (the one that answers EXISTS without MOVED).
+    pub fn owner(&self, key: &str) -> u16 {
+        self.masters()
+            .into_iter()
+            .find(|&m| cli(m, &["EXISTS", key]).trim() == "1")
+            .unwrap_or_else(|| panic!("no master holds {key}"))
+    }
+
+    /// The replica of `master` (the node whose `ROLE` names it as its master).
+    pub fn replica_of(&self, master: u16) -> u16 {
+        self.nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|&p| {
+                let role = cli(p, &["ROLE"]);
+                role.starts_with("slave") && role.contains(&master.to_string())
+            })
+            .unwrap_or_else(|| panic!("no replica of {master}"))
+    }
+
+    /// An engine's `Publisher` on this Cluster with `pool` connections, reading
+    /// from replicas where it can (1 s replica timeout).
+    pub async fn publisher(&self, pool: usize) -> Publisher {
+        let settings = RedisSettings {
+            tls_ca: None,
+            replicas: Replicas::Auto,
+            replica_timeout: Duration::from_millis(1000),
+        };
+        Publisher::connect_with(&self.url(), pool, &settings)
+            .await
+            .expect("publisher on Cluster")
     }
 
     /// `redis-cluster://` with every node as a seed.

@@ -121,6 +121,11 @@ impl WsClient {
         ack
     }
 
+    /// Subscribes to `topic` with no options and returns the ack's payload.
+    pub async fn subscribe_to(&mut self, topic: &str) -> Value {
+        self.subscribe(json!({ "topic": topic })).await["payload"].clone()
+    }
+
     /// Reads frames until `n` publications (delta/alert/snapshot) arrived; returns them.
     pub async fn recv_pubs(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
@@ -147,6 +152,31 @@ impl WsClient {
                     return f.map_or(Closed::NoFrame, |f| Closed::Code(u16::from(f.code)));
                 }
                 Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Reads what a server that cut this client off still sends (it lingers until
+    /// the client reads): every `delta` up to the close frame, then the close code
+    /// (`None` for a close frame without one). Each frame must come within `gap`;
+    /// the stream must end with a close frame.
+    pub async fn deltas_until_close(&mut self, gap: Duration) -> (Vec<Value>, Option<u16>) {
+        let mut deltas = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(gap, self.ws.next())
+                .await
+                .expect("the close frame arrives while the node lingers")
+                .expect("the stream is open until the close frame")
+                .expect("a frame, not a read error");
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                    if v["type"] == "delta" {
+                        deltas.push(v);
+                    }
+                }
+                Message::Close(f) => return (deltas, f.map(|f| u16::from(f.code))),
+                _ => {}
             }
         }
     }

@@ -2,14 +2,10 @@
 //! `/api/v1`; a path that makes an invalid topic is refused before the upgrade.
 
 use serde_json::json;
-use sluice_node::config::{AuthMode, JwtKey};
 use sluice_tests::{
-    security::{mint, now, Signer},
+    auth::{hs_node, token_for},
     seqs, start_node, WsClient,
 };
-
-/// The private aliases need an identity (SPEC §3), so the node checks tokens.
-const SECRET: &str = "aliases-test-hs256-secret-32-bytes-long";
 
 /// Each alias with the topics it must subscribe on connect.
 const ALIASES: &[(&str, &[&str])] = &[
@@ -24,15 +20,9 @@ const ALIASES: &[(&str, &[&str])] = &[
 
 #[tokio::test]
 async fn alias_routes_subscribe_their_topics_on_connect() {
-    let node = start_node(|c| {
-        c.jwt_key = Some(JwtKey::Secret(SECRET.into()));
-        c.auth = AuthMode::Required;
-    })
-    .await;
-    let token = mint(
-        &json!({"sub": "u1", "exp": now() + 600}),
-        &Signer::hs256(SECRET),
-    );
+    // The private aliases need an identity (SPEC §3), so the node checks tokens.
+    let node = hs_node(|_| {}).await;
+    let token = token_for("u1");
     for prefix in ["", "/api/v1"] {
         for (path, topics) in ALIASES {
             let url = node.ws_url(&format!("{prefix}{path}?token={token}"));

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_tests::{seqs, start_node, TestNode};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "prices.SLOW1";
 
@@ -72,24 +70,7 @@ async fn a_client_whose_outbox_fills_is_closed_with_4008_and_resumes_losslessly(
 
     // Read again: everything that was already on its way, in order, then the close,
     // which the server holds back until the client reads (it lingers up to 5 s).
-    let mut got: Vec<Value> = Vec::new();
-    let close = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), slow.inner().next())
-            .await
-            .expect("the close frame arrives while the server lingers")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] == "delta" {
-                    got.push(v);
-                }
-            }
-            Message::Close(f) => break f.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    };
+    let (got, close) = slow.deltas_until_close(Duration::from_secs(10)).await;
     assert_eq!(close, Some(4008), "slow consumer close code");
     let last = got.last().and_then(|p| p["seq"].as_u64()).unwrap_or(0);
     assert_eq!(

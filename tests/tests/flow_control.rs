@@ -8,31 +8,18 @@ use std::{io::Read, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sluice_node::{
-    broker::Broker,
-    config::{AuthMode, JwtKey},
-};
+use sluice_node::broker::Broker;
 use sluice_tests::{
+    assert_consecutive,
+    auth::{hs_node, token_for},
     publish_to,
     redis::TestRedis,
-    security::{mint, now, Signer},
     seqs, start_node, start_redis_node, TestNode, WsClient,
 };
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 const PAD_BYTES: usize = 4 * 1024;
-
-fn assert_consecutive(got: &[u64], from: u64, to: u64, who: &str) {
-    let want: Vec<u64> = (from..=to).collect();
-    assert!(
-        got == want.as_slice(),
-        "{who}: expected exactly {from}..={to} in order, got {} seqs starting {:?}, ending {:?}",
-        got.len(),
-        got.first(),
-        got.last()
-    );
-}
 
 /// One client stops reading; an engine publishes `total` ~4 KiB messages. The client
 /// is closed with 4008, and a new connection resuming from the last seq the client saw
@@ -73,24 +60,8 @@ async fn slow_consumer_is_cut_off_and_resumes_losslessly(
         Duration::from_secs(30),
     )
     .await;
-    let mut seen: Vec<u64> = Vec::new();
-    let close = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), slow.inner().next())
-            .await
-            .expect("the close frame arrives while the node lingers")
-            .expect("the stream is open until the close frame")
-            .expect("a frame, not a read error");
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] == "delta" {
-                    seen.push(v["seq"].as_u64().expect("seq"));
-                }
-            }
-            Message::Close(f) => break f.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    };
+    let (deltas, close) = slow.deltas_until_close(Duration::from_secs(10)).await;
+    let seen = seqs(&deltas);
     assert_eq!(close, Some(4008), "the slow consumer's close code");
     let last = seen.last().copied().unwrap_or(0);
     assert!(
@@ -157,26 +128,12 @@ async fn a_stalled_client_gets_4008_and_resumes_losslessly_redis() {
     slow_consumer_is_cut_off_and_resumes_losslessly(node, "prices.SLOWREDIS", 12_000).await;
 }
 
-/// Reads one text frame (skipping pings, pongs and heartbeats) as JSON.
+/// Reads one text frame (skipping pings, pongs and heartbeats) as JSON; a binary
+/// frame fails the test.
 async fn next_text(c: &mut WsClient) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), c.inner().next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] != "heartbeat" {
-                    return v;
-                }
-            }
-            Message::Binary(b) => panic!("unexpected binary frame of {} bytes", b.len()),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
+    let (binary, v) = next_data(c).await;
+    assert!(!binary, "unexpected binary frame: {v}");
+    v
 }
 
 #[tokio::test]
@@ -268,17 +225,8 @@ async fn pubs_until(c: &mut WsClient, last: u64) -> Vec<(Value, Instant)> {
 #[tokio::test]
 async fn the_mobile_route_starts_in_background_mode_and_conflates_bursts() {
     // `mobile.u1` is private: the phone and the desk both connect as u1.
-    const SECRET: &str = "flow-control-test-secret-32-bytes-long";
-    let node = start_node(|c| {
-        c.conflate = Duration::from_millis(300);
-        c.jwt_key = Some(JwtKey::Secret(SECRET.into()));
-        c.auth = AuthMode::Required;
-    })
-    .await;
-    let token = mint(
-        &json!({"sub": "u1", "exp": now() + 600}),
-        &Signer::hs256(SECRET),
-    );
+    let node = hs_node(|c| c.conflate = Duration::from_millis(300)).await;
+    let token = token_for("u1");
     let topic = "mobile.u1";
     let mut phone = WsClient::connect(&node.ws_url(&format!("/ws/mobile/u1?token={token}")))
         .await

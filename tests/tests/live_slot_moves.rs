@@ -9,25 +9,12 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{json, Value};
-use sluice_common::{
-    keys,
-    publisher::Publisher,
-    redis_client::{RedisSettings, Replicas},
-};
+use sluice_common::{keys, publisher::Publisher};
 use sluice_tests::{
     eventually,
     redis_topology::{cli, TestCluster},
     start_node, WsClient,
 };
-
-/// The master holding `key` now (the one that answers EXISTS without MOVED).
-fn owner(cluster: &TestCluster, key: &str) -> u16 {
-    cluster
-        .masters()
-        .into_iter()
-        .find(|&m| cli(m, &["EXISTS", key]).trim() == "1")
-        .unwrap_or_else(|| panic!("no master holds {key}"))
-}
 
 /// Publishes `{"n": n}` to `topic`, retrying while the cluster settles; returns the seq.
 async fn publish(engine: &Publisher, topic: &str, n: u64) -> u64 {
@@ -75,17 +62,7 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_fails_over_grac
     let cluster = TestCluster::start();
     let url = cluster.url();
     let node = start_node(|c| c.redis_url = Some(url.clone())).await;
-    let engine = Publisher::connect_with(
-        &url,
-        1,
-        &RedisSettings {
-            tls_ca: None,
-            replicas: Replicas::Auto,
-            replica_timeout: Duration::from_millis(1000),
-        },
-    )
-    .await
-    .expect("publisher on Cluster");
+    let engine = cluster.publisher(1).await;
     let topics: Vec<String> = (0..9).map(|i| format!("prices.MOVE{i}")).collect();
     let mut c = node.client().await;
     for t in &topics {
@@ -101,23 +78,15 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_fails_over_grac
     for (t, s) in &before {
         assert_eq!(s, &[1, 2, 3, 4], "{t} before the failover");
     }
-    let victim = owner(&cluster, &keys::meta(&topics[0]));
+    let victim = cluster.owner(&keys::meta(&topics[0]));
     let on_victim: Vec<&String> = topics
         .iter()
-        .filter(|t| owner(&cluster, &keys::meta(t)) == victim)
+        .filter(|t| cluster.owner(&keys::meta(t)) == victim)
         .collect();
 
     // The victim's replica takes over its slots; the old master stays up as a
     // replica and drops the shard-channel subscribers of those slots.
-    let replica = cluster
-        .nodes
-        .iter()
-        .map(|n| n.port)
-        .find(|&p| {
-            let role = cli(p, &["ROLE"]);
-            role.starts_with("slave") && role.contains(&victim.to_string())
-        })
-        .expect("the victim's replica");
+    let replica = cluster.replica_of(victim);
     cli(replica, &["CLUSTER", "FAILOVER"]);
     eventually(
         Duration::from_secs(15),
@@ -128,7 +97,7 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_fails_over_grac
         },
     )
     .await;
-    assert_eq!(owner(&cluster, &keys::meta(on_victim[0])), replica);
+    assert_eq!(cluster.owner(&keys::meta(on_victim[0])), replica);
 
     for n in 5..=10 {
         for t in &topics {
@@ -164,17 +133,7 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_migrates_to_ano
     let cluster = TestCluster::start();
     let url = cluster.url();
     let node = start_node(|c| c.redis_url = Some(url.clone())).await;
-    let engine = Publisher::connect_with(
-        &url,
-        1,
-        &RedisSettings {
-            tls_ca: None,
-            replicas: Replicas::Auto,
-            replica_timeout: Duration::from_millis(1000),
-        },
-    )
-    .await
-    .expect("publisher on Cluster");
+    let engine = cluster.publisher(1).await;
     let topic = "prices.MIGRATE".to_owned();
     let other = "prices.STAYS".to_owned();
     let both = [topic.clone(), other.clone()];
@@ -193,7 +152,7 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_migrates_to_ano
 
     // Move the topic's slot, with its keys, from its master to another one.
     let meta = keys::meta(&topic);
-    let from = owner(&cluster, &meta);
+    let from = cluster.owner(&meta);
     let to = *cluster
         .masters()
         .iter()
@@ -224,7 +183,7 @@ async fn a_connected_client_keeps_receiving_when_its_topics_slot_migrates_to_ano
     eventually(
         Duration::from_secs(10),
         "the slot served by its new master",
-        || async { owner(&cluster, &meta) == to },
+        || async { cluster.owner(&meta) == to },
     )
     .await;
 

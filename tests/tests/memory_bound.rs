@@ -11,8 +11,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_common::publisher::{PublishKind, Publisher};
 use sluice_tests::{
     metric_value,
@@ -20,7 +19,6 @@ use sluice_tests::{
     redis::TestRedis,
     WsClient,
 };
-use tokio_tungstenite::tungstenite::Message;
 
 const QUEUE: u64 = 256;
 const PAD_BYTES: usize = 16 * 1024;
@@ -120,24 +118,8 @@ async fn a_stalled_reader_grows_the_node_by_at_most_twice_its_queue_then_resumes
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // What was already on its way arrives in order from seq 1, then the 4008 close.
-    let mut seen: Vec<u64> = Vec::new();
-    let close = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), slow.inner().next())
-            .await
-            .expect("the close frame arrives while the node lingers")
-            .expect("the stream is open until the close frame")
-            .expect("a frame, not a read error");
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] == "delta" {
-                    seen.push(v["seq"].as_u64().expect("seq"));
-                }
-            }
-            Message::Close(f) => break f.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    };
+    let (deltas, close) = slow.deltas_until_close(Duration::from_secs(20)).await;
+    let seen = sluice_tests::seqs(&deltas);
     assert_eq!(close, Some(4008), "the slow consumer's close code");
     let last = seen.last().copied().unwrap_or(0);
     assert!(

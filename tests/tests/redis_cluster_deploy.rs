@@ -17,22 +17,9 @@ use sluice_common::{
 };
 use sluice_tests::{
     eventually,
-    redis_topology::{cli, TestCluster},
+    redis_topology::{cli, library_on, TestCluster},
     seqs, start_node, ADMIN_TOKEN,
 };
-
-/// The master holding `key` now (the one that answers EXISTS without MOVED).
-fn owner(cluster: &TestCluster, key: &str) -> u16 {
-    cluster
-        .masters()
-        .into_iter()
-        .find(|&m| cli(m, &["EXISTS", key]).trim() == "1")
-        .unwrap_or_else(|| panic!("no master holds {key}"))
-}
-
-fn library_on(port: u16) -> bool {
-    cli(port, &["FUNCTION", "LIST", "LIBRARYNAME", "sluice"]).contains("sluice_publish")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
@@ -46,14 +33,7 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
     }
 
     // 30 topics through the Publisher (waiting for each master's replica).
-    let settings = RedisSettings {
-        tls_ca: None,
-        replicas: Replicas::Auto,
-        replica_timeout: Duration::from_millis(1000),
-    };
-    let engine = Publisher::connect_with(&url, 2, &settings)
-        .await
-        .expect("publisher on Cluster");
+    let engine = cluster.publisher(2).await;
     let topics: Vec<String> = (0..30).map(|i| format!("prices.CL{i:02}")).collect();
     let mut epochs = BTreeMap::new();
     for round in 1..=5u64 {
@@ -69,8 +49,8 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
     // Every topic's keys sit on one master; every master holds some topics.
     let mut per_master: BTreeMap<u16, usize> = BTreeMap::new();
     for t in &topics {
-        let m = owner(&cluster, &keys::meta(t));
-        assert_eq!(owner(&cluster, &keys::stream(t)), m, "{t}'s keys split");
+        let m = cluster.owner(&keys::meta(t));
+        assert_eq!(cluster.owner(&keys::stream(t)), m, "{t}'s keys split");
         *per_master.entry(m).or_default() += 1;
     }
     assert_eq!(per_master.len(), 3, "topics by master: {per_master:?}");
@@ -117,7 +97,7 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
     .await;
     let on_b = topics
         .iter()
-        .find(|t| owner(&cluster, &keys::meta(t)) == b)
+        .find(|t| cluster.owner(&keys::meta(t)) == b)
         .expect("a topic on b");
     cli(b, &["FUNCTION", "FLUSH", "SYNC"]);
     let (seq, _) = node.publish(on_b, json!({ "round": 7 })).await;
@@ -131,14 +111,14 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
         &RedisSettings {
             replicas: Replicas::Exactly(2),
             replica_timeout: Duration::from_millis(300),
-            ..settings.clone()
+            tls_ca: None,
         },
     )
     .await
     .expect("publisher");
     let on_a = topics
         .iter()
-        .find(|t| owner(&cluster, &keys::meta(t)) == a)
+        .find(|t| cluster.owner(&keys::meta(t)) == a)
         .expect("a topic on a");
     match greedy.publish(on_a, &json!({ "round": 7 })).await {
         Err(PublishError::NotReplicated(n)) => {
@@ -151,18 +131,10 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
     // now serves keep their history and epoch, and publishing goes on.
     let t = topics
         .iter()
-        .find(|t| owner(&cluster, &keys::meta(t)) == masters[2])
+        .find(|t| cluster.owner(&keys::meta(t)) == masters[2])
         .expect("a topic on the third master")
         .clone();
-    let replica = cluster
-        .nodes
-        .iter()
-        .map(|n| n.port)
-        .find(|&p| {
-            let role = cli(p, &["ROLE"]);
-            role.starts_with("slave") && role.contains(&masters[2].to_string())
-        })
-        .expect("the third master's replica");
+    let replica = cluster.replica_of(masters[2]);
     cli(replica, &["CLUSTER", "FAILOVER"]);
     eventually(Duration::from_secs(15), "replica promoted", || async {
         cli(replica, &["ROLE"]).starts_with("master")
@@ -185,7 +157,7 @@ async fn a_cluster_serves_publish_state_history_and_resume_on_every_master() {
         }
     };
     assert_eq!(seq, 7, "{t}: history kept across the failover");
-    assert_eq!(owner(&cluster, &keys::meta(&t)), replica);
+    assert_eq!(cluster.owner(&keys::meta(&t)), replica);
     assert!(library_on(replica));
     let mut c = node.client().await;
     let ack = c
@@ -200,17 +172,7 @@ async fn a_killed_master_fails_over_and_every_acknowledged_publish_survives() {
     let mut cluster = TestCluster::start();
     let url = cluster.url();
     let node = start_node(|c| c.redis_url = Some(url.clone())).await;
-    let engine = Publisher::connect_with(
-        &url,
-        2,
-        &RedisSettings {
-            tls_ca: None,
-            replicas: Replicas::Auto,
-            replica_timeout: Duration::from_millis(1000),
-        },
-    )
-    .await
-    .expect("publisher on Cluster");
+    let engine = cluster.publisher(2).await;
     let topics: Vec<String> = (0..12).map(|i| format!("trades.KILL{i:02}")).collect();
     let mut epochs = BTreeMap::new();
     for t in &topics {
@@ -220,16 +182,8 @@ async fn a_killed_master_fails_over_and_every_acknowledged_publish_survives() {
             .expect("first publish");
         epochs.insert(t.clone(), p.epoch);
     }
-    let victim = owner(&cluster, &keys::meta(&topics[0]));
-    let replica = cluster
-        .nodes
-        .iter()
-        .map(|n| n.port)
-        .find(|&p| {
-            let role = cli(p, &["ROLE"]);
-            role.starts_with("slave") && role.contains(&victim.to_string())
-        })
-        .expect("the victim's replica");
+    let victim = cluster.owner(&keys::meta(&topics[0]));
+    let replica = cluster.replica_of(victim);
 
     // Publish round-robin over all topics; kill the victim after 60 acknowledged.
     // acked: topic -> seq -> id; a failed call is retried with the same id.
@@ -239,7 +193,7 @@ async fn a_killed_master_fails_over_and_every_acknowledged_publish_survives() {
     }
     let owner_at_start: BTreeMap<String, u16> = topics
         .iter()
-        .map(|t| (t.clone(), owner(&cluster, &keys::meta(t))))
+        .map(|t| (t.clone(), cluster.owner(&keys::meta(t))))
         .collect();
     let (mut id, mut count, mut killed, mut failures) = (1u64, 0usize, false, 0u32);
     let mut victim_after_kill = 0usize;

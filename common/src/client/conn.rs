@@ -5,19 +5,15 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::{net::TcpStream, sync::mpsc};
-use tokio_tungstenite::{
-    tungstenite::{
-        client::IntoClientRequest,
-        http::HeaderValue,
-        protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
-        Message,
-    },
-    Connector, MaybeTlsStream, WebSocketStream,
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{
+    protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
+    Message,
 };
 
 use super::{
     backoff::Jitter,
+    dial::{self, Ws},
     inflate::{gunzip, InflateError},
     tracker::Tracker,
     ClientConfig, ClientState, Command, Event, Shared,
@@ -28,8 +24,6 @@ use crate::{
     protocol::{FrameType, ServerFrame},
     time_fmt,
 };
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Subscribes to send again after the node refused them for want of its broker.
 #[derive(Debug, Default)]
@@ -114,8 +108,8 @@ pub(super) async fn run(
             ClientState::Connecting
         })
         .await;
-        let connected = match conn.connector(&url) {
-            Ok(tls) => connect(&url, conn.config.token.as_deref(), tls).await,
+        let connected = match dial::connector(&url, &mut conn.tls) {
+            Ok(tls) => dial::connect(&url, conn.config.token.as_deref(), tls).await,
             Err(e) => Err(e),
         };
         match connected {
@@ -174,41 +168,7 @@ pub(super) async fn run(
     conn.set_state(ClientState::Disconnected).await;
 }
 
-async fn connect(url: &str, token: Option<&str>, tls: Option<Connector>) -> Result<Ws, String> {
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    if let Some(t) = token {
-        let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| e.to_string())?;
-        req.headers_mut().insert("authorization", v);
-    }
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(req, None, false, tls);
-    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("connect timed out".into()),
-    }
-}
-
 impl Conn {
-    /// The TLS connector for `url`: none for `ws://`; for `wss://` the configured
-    /// one, or one trusting the system roots, built once.
-    fn connector(&mut self, url: &str) -> Result<Option<Connector>, String> {
-        if !url
-            .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case("wss://"))
-        {
-            return Ok(None);
-        }
-        let tls = match &self.tls {
-            Some(t) => t.clone(),
-            None => {
-                let t = super::tls_system_roots()?;
-                self.tls = Some(t.clone());
-                t
-            }
-        };
-        Ok(Some(Connector::Rustls(tls)))
-    }
-
     async fn set_state(&self, s: ClientState) {
         self.shared.set_state(s);
         let _ = self.events.send(Event::State(s)).await;

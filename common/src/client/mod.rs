@@ -14,6 +14,7 @@
 
 mod backoff;
 mod conn;
+mod dial;
 mod inflate;
 mod tracker;
 

@@ -29,7 +29,7 @@ fn run(market: &mut Market, ticks: u64) -> Vec<Outgoing> {
 
 #[test]
 fn every_twenty_ticks_give_twelve_to_fifteen_quotes_three_trades_and_two_auction_updates() {
-    let mut m = Market::with_rng(&settings(&["I1", "I2"], &["u1", "u2"]), Rng::from_seed(3));
+    let mut m = Market::with_rng(&settings(&["I1", "I2"], &["u1", "u2"]), Rng::new(3));
     let all = run(&mut m, 2000);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for o in &all {
@@ -60,7 +60,7 @@ fn every_twenty_ticks_give_twelve_to_fifteen_quotes_three_trades_and_two_auction
 
 #[test]
 fn each_fill_is_followed_by_its_position_with_the_whole_portfolio() {
-    let mut m = Market::with_rng(&settings(&["I1", "I2"], &["u1"]), Rng::from_seed(11));
+    let mut m = Market::with_rng(&settings(&["I1", "I2"], &["u1"]), Rng::new(11));
     let all = run(&mut m, 400);
     let mut held: HashMap<String, i64> = HashMap::new();
     let mut fills = 0;
@@ -110,7 +110,7 @@ fn each_fill_is_followed_by_its_position_with_the_whole_portfolio() {
 
 #[test]
 fn an_exposure_alert_is_sent_once_per_crossing() {
-    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::from_seed(5));
+    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::new(5));
     m.users[0].exposure_limit = 1.0;
     let all = run(&mut m, 100);
     let crossings: Vec<(usize, &str)> = all
@@ -142,7 +142,7 @@ fn an_exposure_alert_is_sent_once_per_crossing() {
 
 #[test]
 fn a_quote_carries_the_book_on_its_first_and_every_tenth_publish() {
-    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::from_seed(9));
+    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::new(9));
     let quotes: Vec<bool> = run(&mut m, 400)
         .iter()
         .filter_map(|o| match o {
@@ -160,7 +160,7 @@ fn a_quote_carries_the_book_on_its_first_and_every_tenth_publish() {
 
 #[test]
 fn an_auction_counts_down_closes_and_starts_the_next_round() {
-    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::from_seed(1));
+    let mut m = Market::with_rng(&settings(&["I1"], &["u1"]), Rng::new(1));
     let states: Vec<(u64, String, i64)> = (0..13)
         .map(|_| match m.auction() {
             Outgoing::Delta {
@@ -184,4 +184,11 @@ fn an_auction_counts_down_closes_and_starts_the_next_round() {
         .chain([(1, "closed".to_owned(), 0), (2, "open".to_owned(), 60)])
         .collect();
     assert_eq!(states, expected);
+}
+
+#[test]
+fn round2_rounds_to_cents() {
+    assert_eq!(round2(1.234), 1.23);
+    assert_eq!(round2(1.235_1), 1.24);
+    assert_eq!(round2(-0.004), -0.0);
 }

@@ -14,10 +14,11 @@ use anyhow::{bail, ensure, Context};
 
 use crate::{
     commandstats::{self, Calls},
+    cpu::{redis_stats_client, CpuMeter},
     fleet::{Fleet, Shared},
     payload::{self, Stamp},
     report::Report,
-    run::{account, await_fleet, redis_stats_client, topic_names, CpuMeter, Progress, RunConfig},
+    run::{account, await_fleet, topic_names, Progress, RunConfig},
     schedule::RateSchedule,
     target::{Publish, System},
 };

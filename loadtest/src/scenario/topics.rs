@@ -11,8 +11,9 @@ use fred::{
 };
 
 use crate::{
+    cpu::{redis_cpu, redis_stats_client},
     report::Report,
-    run::{measured_run_with, redis_cpu, redis_stats_client, run_id, Pick, RunConfig},
+    run::{measured_run_with, run_id, Pick, RunConfig},
 };
 
 #[derive(Debug, Clone, Copy)]

@@ -30,16 +30,7 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if st.config.admin_token.is_none() && !jwt_configured {
         return Err(forbidden("admin API is disabled: set SLUICE_ADMIN_TOKEN"));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(given) = given else {
+    let Some(given) = bearer(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::AuthRequired,
@@ -67,6 +58,20 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         }
     }
     Err(forbidden("wrong admin token"))
+}
+
+/// The token of `Authorization: Bearer <token>` (or `bearer`), trimmed; `None`
+/// when the header is missing, not a bearer or empty.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares SHA-256 digests of both sides in constant time: comparing the tokens

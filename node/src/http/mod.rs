@@ -2,6 +2,7 @@
 //! admin API, all on the same port.
 
 mod admin;
+mod client_headers;
 mod error;
 mod probes;
 mod topics;

@@ -10,14 +10,17 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{Path, Query, State},
-    http::{header, HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode},
     Json,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_common::{ErrorCode, Topic};
 
-use super::{admin::token_matches, ApiError};
+use super::{
+    admin::{bearer, token_matches},
+    ApiError,
+};
 use crate::{
     broker::{BrokerError, TopicState},
     publication::Pub,
@@ -248,18 +251,6 @@ fn authorize(
         ));
     }
     Ok(topic)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 fn internal(msg: String) -> ApiError {
