@@ -94,13 +94,13 @@ fn keep_publishing(
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            let next = heads.lock().unwrap()[k] + 1;
+            let next = heads.lock().expect("heads")[k] + 1;
             let pos = engine
                 .publish(&topics[k], &json!({ "i": next }))
                 .await
                 .expect("publish");
             assert_eq!(pos.seq, next, "the engine is the topic's only publisher");
-            heads.lock().unwrap()[k] = next;
+            heads.lock().expect("heads")[k] = next;
         }
     })
 }
@@ -188,14 +188,18 @@ async fn storm(clients: usize, topics: usize) -> HashMap<String, u64> {
     node.wait_metric(MESSAGES_RECEIVED, received + half as f64, PAUSE)
         .await;
     for (i, c) in conns.iter_mut().enumerate().take(half) {
-        check_ack(i, resume_point(i, clients, topics, 0), &c.recv().await.expect("ack"));
+        check_ack(
+            i,
+            resume_point(i, clients, topics, 0),
+            &c.recv().await.expect("ack"),
+        );
     }
     // The second half, once every topic has live messages past the follow.
     let head_b = BEFORE + 10;
     let reached = heads.clone();
     eventually(Duration::from_secs(10), "live publishes", move || {
         let h = reached.clone();
-        async move { h.lock().unwrap().iter().all(|h| *h >= head_b) }
+        async move { h.lock().expect("heads").iter().all(|h| *h >= head_b) }
     })
     .await;
     for (i, c) in conns.iter_mut().enumerate().skip(half) {
@@ -203,11 +207,15 @@ async fn storm(clients: usize, topics: usize) -> HashMap<String, u64> {
             .await;
     }
     for (i, c) in conns.iter_mut().enumerate().skip(half) {
-        check_ack(i, resume_point(i, clients, topics, head_b), &c.recv().await.expect("ack"));
+        check_ack(
+            i,
+            resume_point(i, clients, topics, head_b),
+            &c.recv().await.expect("ack"),
+        );
     }
     stop.store(true, Ordering::SeqCst);
     publishing.await.expect("publisher task");
-    let finals = heads.lock().unwrap().clone();
+    let finals = heads.lock().expect("heads").clone();
     for (i, c) in conns.iter_mut().enumerate() {
         let from = resume_point(i, clients, topics, head_b);
         let last = finals[i % topics];
@@ -215,7 +223,10 @@ async fn storm(clients: usize, topics: usize) -> HashMap<String, u64> {
         assert_eq!(seqs(&pubs), (from..=last).collect::<Vec<_>>(), "client {i}");
         for p in &pubs {
             assert_eq!(p["type"], "delta", "client {i}: {p}");
-            assert_eq!(p["payload"]["i"], p["seq"], "client {i}: a payload of another seq");
+            assert_eq!(
+                p["payload"]["i"], p["seq"],
+                "client {i}: a payload of another seq"
+            );
         }
     }
     let calls = command_calls(&redis).await;
@@ -257,7 +268,10 @@ fn assert_per_topic(stats: &HashMap<String, u64>, clients: u64, topics: u64) {
     );
     assert_eq!(ssubscribe, topics, "one live subscription per topic");
     assert_eq!(xrevrange, topics, "one tail fill per topic");
-    assert_eq!(fcall_ro, 0, "history or snapshot reads: the tail did not answer");
+    assert_eq!(
+        fcall_ro, 0,
+        "history or snapshot reads: the tail did not answer"
+    );
     assert!(
         top_level <= 2 * topics,
         "{top_level} top-level reads for {clients} clients on {topics} topics"

@@ -43,7 +43,8 @@ impl Live {
         topic: &Topic,
     ) -> Result<Filled, BrokerError> {
         let meta = keys::meta(topic.as_str());
-        let failed = |e: fred::error::Error| unavailable("reading the topic's position", e.details());
+        let failed =
+            |e: fred::error::Error| unavailable("reading the topic's position", e.details());
         let client = self.pool.next();
         let ((head, epoch), newest_first): ((Option<u64>, Option<String>), Entries) =
             if self.tail_size == 0 {
@@ -56,10 +57,7 @@ impl Live {
                 )
             } else {
                 let tx = client.multi();
-                let _: () = tx
-                    .hmget(meta, vec!["seq", "epoch"])
-                    .await
-                    .map_err(failed)?;
+                let _: () = tx.hmget(meta, vec!["seq", "epoch"]).await.map_err(failed)?;
                 let _: () = tx
                     .xrevrange(
                         keys::stream(topic.as_str()),
@@ -73,7 +71,11 @@ impl Live {
             };
         let epoch = epoch.filter(|e| !e.is_empty());
         Ok(Filled {
-            head: if epoch.is_some() { head.unwrap_or(0) } else { 0 },
+            head: if epoch.is_some() {
+                head.unwrap_or(0)
+            } else {
+                0
+            },
             epoch,
             newest_first,
         })
