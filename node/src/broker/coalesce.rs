@@ -15,6 +15,11 @@
 //! completed goes to the store again. The tables hold only reads in flight (the
 //! newest per key; at most [`MAX_HISTORY_FLIGHTS`] history reads per topic).
 //!
+//! Reads the inner broker can answer from memory (`Broker::local_history`, and a
+//! follow of a topic it follows and is caught up with, `Broker::local_head`) are
+//! answered at once, without a task or a table entry: in a storm on a followed
+//! topic that is every resume but the first few.
+//!
 //! History reads of one topic share one read of the widest range: a read from
 //! `from` joins an unsent read of the topic and widens it to cover both ranges (up
 //! to [`MAX_HISTORY_SPAN`] entries), and every caller takes its slice, the entries
@@ -298,6 +303,9 @@ impl Broker for Coalescing {
         if limit == 0 {
             return self.inner.history(topic, from, limit).await;
         }
+        if let Some(page) = self.inner.local_history(topic, from, limit) {
+            return Ok(page);
+        }
         let plan = {
             let mut map = lock(&self.histories);
             let flights = map.entry(topic.clone()).or_default();
@@ -334,6 +342,11 @@ impl Broker for Coalescing {
     }
 
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError> {
+        // Followed and caught up already: live delivery is armed, nothing to do
+        // (and no task to spawn for every joiner of a followed topic).
+        if self.inner.local_head(topic).is_some() {
+            return Ok(());
+        }
         // Arming is lasting, so any follow in flight will do (what was published
         // before it is the caller's state or head read's business, read after).
         let unfollows = self.unfollows.clone();
@@ -400,6 +413,10 @@ impl Broker for Coalescing {
 
     fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
         self.inner.local_head(topic)
+    }
+
+    fn local_history(&self, topic: &Topic, from: u64, limit: usize) -> Option<Vec<Pub>> {
+        self.inner.local_history(topic, from, limit)
     }
 
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {

@@ -26,6 +26,8 @@ struct Fake {
     fail: Mutex<Option<String>>,
     panic: std::sync::atomic::AtomicBool,
     head_seq: AtomicU64,
+    /// The first seq the fake holds in memory (0: none, and it follows nothing).
+    local_from: AtomicU64,
 }
 
 impl Fake {
@@ -98,6 +100,22 @@ impl Broker for Fake {
 
     fn unfollow(&self, _topic: &Topic) {
         self.unfollows.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn local_head(&self, _topic: &Topic) -> Option<StreamPosition> {
+        (self.local_from.load(Ordering::SeqCst) > 0)
+            .then(|| StreamPosition::new(self.head_seq.load(Ordering::SeqCst), EPOCH))
+    }
+
+    fn local_history(&self, topic: &Topic, from: u64, limit: usize) -> Option<Vec<Pub>> {
+        let first = self.local_from.load(Ordering::SeqCst);
+        let head = self.head_seq.load(Ordering::SeqCst);
+        (first > 0 && from >= first && from <= head).then(|| {
+            (from..=head)
+                .take(limit)
+                .map(|s| publication(topic, s))
+                .collect()
+        })
     }
 
     fn is_connected(&self) -> bool {
@@ -415,4 +433,41 @@ async fn an_unfollow_during_a_follow_in_flight_is_repeated_after_it() {
     drop(gate);
     until(|| c.in_flight() == 0).await;
     assert_eq!(fake.unfollows.load(Ordering::SeqCst), 2);
+}
+
+/// `f`'s output, failing the test if it takes long (it waits for the held gate).
+async fn at_once<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(2), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} waited for the store"))
+}
+
+#[tokio::test]
+async fn what_the_inner_broker_holds_in_memory_skips_the_single_flight_and_the_store() {
+    let fake = Fake::with_head(10);
+    fake.local_from.store(5, Ordering::SeqCst);
+    let c = Coalescing::new(fake.clone());
+    let t = topic("a");
+    // The gate is held: anything that went to the store would wait for it.
+    let held = fake.gate.write().await;
+    let page = at_once(c.history(&t, 7, 100), "history").await;
+    assert_eq!(seqs(&page.unwrap()), [7, 8, 9, 10]);
+    let page = at_once(c.history(&t, 5, 2), "history").await;
+    assert_eq!(seqs(&page.unwrap()), [5, 6]);
+    at_once(c.follow(&t), "follow").await.unwrap();
+    assert!(fake.history_calls().is_empty(), "history read the store");
+    assert_eq!(
+        fake.follows.load(Ordering::SeqCst),
+        0,
+        "follow went to the store"
+    );
+    assert_eq!(c.in_flight(), 0);
+    drop(held);
+    // Before what it holds: the store, once.
+    assert_eq!(seqs(&c.history(&t, 3, 2).await.unwrap()), [3, 4]);
+    assert_eq!(fake.history_calls(), [(3, 2)]);
+    // Not followed: the follow goes to the store.
+    fake.local_from.store(0, Ordering::SeqCst);
+    c.follow(&t).await.unwrap();
+    assert_eq!(fake.follows.load(Ordering::SeqCst), 1);
 }

@@ -92,6 +92,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Up to `limit` publications with `seq >= from` from what this node holds in
+    /// memory (a followed topic's tail), when it holds `from` and everything after
+    /// it up to the position its live path reached; `None` means read the store
+    /// ([`Broker::history`]). No I/O, no await: a resume asks it before it joins
+    /// or starts a shared read.
+    fn local_history(&self, _topic: &Topic, _from: u64, _limit: usize) -> Option<Vec<Pub>> {
+        None
+    }
+
     /// Up to `limit` publications of the current epoch with `seq >= from`, in order.
     /// The first one's seq is greater than `from` when older ones were trimmed.
     async fn history(

@@ -326,7 +326,7 @@ impl Broker for RedisBroker {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Pub>, BrokerError> {
-        if let Some(page) = self.live.history(topic, from, limit) {
+        if let Some(page) = self.local_history(topic, from, limit) {
             return Ok(page);
         }
         let entries: Vec<(String, HashMap<String, bytes::Bytes>)> = self
@@ -424,6 +424,10 @@ impl Broker for RedisBroker {
 
     fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
         self.live.local_head(topic)
+    }
+
+    fn local_history(&self, topic: &Topic, from: u64, limit: usize) -> Option<Vec<Pub>> {
+        self.live.history(topic, from, limit)
     }
 
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {

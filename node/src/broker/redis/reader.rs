@@ -24,7 +24,7 @@ use std::{
 
 use fred::{
     clients::{Client, Pool},
-    interfaces::{EventInterface, HashesInterface, PubsubInterface},
+    interfaces::{EventInterface, PubsubInterface},
     types::{config::Server, Message, MessageKind, Value},
 };
 use sluice_common::{keys, redact, StreamPosition, Topic};
@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 
 mod catch_up;
 mod discovery;
+mod fill;
 mod owners;
 
 use super::{
@@ -83,6 +84,8 @@ struct Arm {
     /// Read the stream from `head` on arming (a topic followed from an announced
     /// epoch's start: its first entries came before the subscription).
     read: bool,
+    /// The newest entries up to `head`, read with it ([`fill`]): the tail's start.
+    fill: fill::Entries,
     done: oneshot::Sender<()>,
 }
 
@@ -187,25 +190,19 @@ impl Live {
                 head: 0,
                 epoch: Some(epoch),
                 read: true,
+                fill: Vec::new(),
                 done,
             },
             None => {
-                // Read after the subscription took effect: anything later arrives live.
-                let (head, epoch): (Option<u64>, Option<String>) = self
-                    .pool
-                    .next()
-                    .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
-                    .await
-                    .map_err(|e| unavailable("reading the topic's position", e.details()))?;
+                // Read after the subscription took effect: anything later arrives
+                // live; the entries up to the position fill the tail.
+                let f = self.read_position_and_tail(topic).await?;
                 Arm {
                     topic: topic.clone(),
-                    head: if epoch.is_some() {
-                        head.unwrap_or(0)
-                    } else {
-                        0
-                    },
-                    epoch: epoch.map(Arc::from),
+                    head: f.head,
+                    epoch: f.epoch.map(Arc::from),
                     read: false,
+                    fill: f.newest_first,
                     done,
                 }
             }
@@ -427,11 +424,13 @@ impl Live {
     }
 
     async fn arm(&self, a: Arm, sink: &dyn Sink, decoder: &mut Decoder) {
+        let filled = fill::decode(&a.topic, &a.fill, decoder);
         let (early, read) = {
             let mut m = self.lock();
             match m.get_mut(&a.topic) {
                 Some(f) if !f.armed => {
                     f.tail.reset(a.epoch, a.head);
+                    f.tail.backfill(&filled);
                     f.armed = true;
                     (
                         std::mem::take(&mut f.early),

@@ -4,8 +4,10 @@
 //!
 //! The tail always ends at the reader's position (the last seq it delivered or
 //! knows to be the head); it is the reader's cursor and its cache in one. It only
-//! grows at the end by the next seq, or at the front by a history read that joins
-//! it, so whatever it holds is a contiguous run of one epoch.
+//! grows at the end by the next seq, or at the front by entries read from the
+//! stream that join it exactly (the follow's fill, read with the position it
+//! ends at, or a history read), so whatever it holds is a contiguous run of one
+//! epoch.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -255,5 +257,62 @@ mod tests {
         assert_eq!(t.len(), 6);
         assert_eq!(seqs(&t.read(5, 100).unwrap()), vec![5, 6, 7, 8, 9, 10]);
         assert!(t.read(4, 100).is_none());
+    }
+
+    /// The follow's fill races the live path: the fill is read at head `h`
+    /// together with the position, and the channel (subscribed before the read)
+    /// brings every message from some seq at or below `h + 1` on, those published
+    /// before the read included, some of them twice. For every such interleaving
+    /// the reader takes each seq after `h` exactly once and none at or before it,
+    /// and the tail then answers every seq it holds, gap-free, fill and live alike.
+    #[test]
+    fn a_fill_and_the_live_messages_racing_it_make_one_gap_free_run() {
+        for h in [0u64, 1, 5, 15, 16, 40] {
+            for first_live in 1..=h + 1 {
+                for repeat in [false, true] {
+                    let mut t = Tail::new(16);
+                    t.reset(Some("e".into()), h);
+                    let fill: Vec<Pub> = (h.saturating_sub(15).max(1)..=h)
+                        .map(|s| p("e", s))
+                        .collect();
+                    t.backfill(&fill);
+                    assert_eq!(t.len() as u64, h.min(16), "h {h}: the fill joins whole");
+                    let mut taken = Vec::new();
+                    for s in first_live..=h + 5 {
+                        let times = if repeat { 2 } else { 1 };
+                        for _ in 0..times {
+                            if t.push(&p("e", s)) {
+                                taken.push(s);
+                            }
+                        }
+                    }
+                    let case = format!("h {h}, live from {first_live}, repeat {repeat}");
+                    assert_eq!(taken, (h + 1..=h + 5).collect::<Vec<_>>(), "{case}");
+                    let oldest = (h + 5).saturating_sub(15).max(1);
+                    assert_eq!(
+                        seqs(&t.read(oldest, 100).unwrap()),
+                        (oldest..=h + 5).collect::<Vec<_>>(),
+                        "{case}"
+                    );
+                    assert!(oldest == 1 || t.read(oldest - 1, 100).is_none(), "{case}");
+                }
+            }
+        }
+    }
+
+    /// A fill that does not end at the position it was read with, or is of
+    /// another epoch, is left out whole: the tail stays empty and the resumes it
+    /// cannot answer go to Redis.
+    #[test]
+    fn a_fill_that_does_not_reach_the_position_is_left_out() {
+        let mut t = Tail::new(16);
+        t.reset(Some("e".into()), 10);
+        t.backfill(&(1..=9).map(|s| p("e", s)).collect::<Vec<_>>());
+        assert!(t.is_empty());
+        t.backfill(&(1..=10).map(|s| p("old", s)).collect::<Vec<_>>());
+        assert!(t.is_empty());
+        assert!(t.read(5, 10).is_none());
+        t.backfill(&(1..=10).map(|s| p("e", s)).collect::<Vec<_>>());
+        assert_eq!(seqs(&t.read(5, 10).unwrap()), vec![5, 6, 7, 8, 9, 10]);
     }
 }
