@@ -20,28 +20,6 @@ use serde_json::json;
 use sluice_common::publisher::Publisher;
 use sluice_tests::{eventually, redis::TestRedis, seqs, start_redis_node, WsClient};
 
-/// `calls` per command from `INFO commandstats` (`cmdstat_fcall_ro:calls=12,…`).
-async fn command_calls(redis: &TestRedis) -> HashMap<String, u64> {
-    let c = redis.client().await;
-    let info: String = c
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    let _ = c.quit().await;
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
 const MESSAGES_RECEIVED: &str = "sluice_messages_received_total";
 /// How long Redis holds commands while the storm's frames reach the node (well
 /// below the node's 5 s command timeout).
@@ -229,7 +207,7 @@ async fn storm(clients: usize, topics: usize) -> HashMap<String, u64> {
             );
         }
     }
-    let calls = command_calls(&redis).await;
+    let calls: HashMap<String, u64> = redis.command_calls().await;
     for c in conns {
         c.close().await;
     }
