@@ -380,8 +380,10 @@ impl Live {
         match self.place(&p) {
             Some(Fit::Gap) => {
                 debug!(topic = %p.topic, seq = p.seq, "seq jump on the live path; reading the stream");
-                if self.other_epoch(&p) && !self.switch_epoch(&p.topic).await {
-                    return; // read again once Redis answers (the topic is stale)
+                if self.other_epoch(&p) && !self.switch_epoch(&p.topic, false).await {
+                    // Redis failed (the topic is stale, read again later), or `p`
+                    // is of an older epoch than the topic's (dropped).
+                    return;
                 }
                 self.catch_up(vec![p.topic.clone()], sink, decoder).await;
                 // The read covers `p` unless Redis failed (then the topic is stale

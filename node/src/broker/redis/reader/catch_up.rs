@@ -59,7 +59,7 @@ impl Live {
                         Then::Switch => {
                             // Read where the new epoch came from, then again from
                             // the position it gave.
-                            if self.switch_epoch(topic).await {
+                            if self.switch_epoch(topic, true).await {
                                 again.push(topic.clone());
                             }
                         }

@@ -62,9 +62,17 @@ impl Live {
     /// continuation of the position's epoch is followed on: from the same seq when
     /// the reader delivered nothing the new epoch lacks, else from the fork (the
     /// sessions that delivered more are told, [`crate::session`]). Any other epoch
-    /// is a new history, read from its first seq. Returns false when the read
-    /// failed (the topic is marked stale and read again later).
-    pub(in crate::broker::redis) async fn switch_epoch(&self, topic: &Topic) -> bool {
+    /// is a new history, read from its first seq. When the topic's epoch is still
+    /// the tail's (a late message of an older epoch; or entries labelled with
+    /// another epoch than meta's, which only a foreign `XADD` makes), the tail is
+    /// kept, or with `reset_if_same` read again from seq 1 as any other history.
+    /// Returns false when the read failed (the topic is marked stale and read
+    /// again later) or nothing changed.
+    pub(in crate::broker::redis) async fn switch_epoch(
+        &self,
+        topic: &Topic,
+        reset_if_same: bool,
+    ) -> bool {
         let read = self.read_fork(topic).await;
         let mut m = self.lock();
         let Some(f) = m.get_mut(topic).filter(|f| f.armed) else {
@@ -80,8 +88,12 @@ impl Live {
         };
         let position = f.tail.position().map(|(e, s)| (e.clone(), s));
         match (epoch, fork, position) {
-            // Still ours (a late message of an older epoch): nothing to move.
-            (Some(epoch), _, Some((ours, _))) if epoch == ours => {}
+            (Some(epoch), _, Some((ours, _))) if epoch == ours => {
+                if !reset_if_same {
+                    return false;
+                }
+                f.tail.reset(None, 0);
+            }
             (Some(epoch), Some(fork), Some((ours, head))) if fork.parent == ours => {
                 let from = head.min(fork.at.saturating_sub(1));
                 debug!(%topic, %epoch, parent = %ours, at = fork.at, head, "continuation epoch");
