@@ -22,6 +22,22 @@ impl StreamPosition {
     }
 }
 
+/// Where a continuation epoch came from. When a Redis master is replaced (a
+/// promoted replica, a restart) the function cannot know which of the old master's
+/// last entries were delivered without reaching it, so the topic's next publish
+/// opens a new epoch that continues `parent`'s history up to `at - 1`: every seq
+/// below `at` is the same message in both epochs, `at` and later may differ. A
+/// position `(parent, s)` with `s < at` goes on seamlessly in the new epoch; one
+/// with `s >= at` saw a message the new epoch lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    /// The epoch this one continues.
+    pub parent: std::sync::Arc<str>,
+    /// The first seq that belongs to the new epoch only (the parent's head + 1
+    /// when the new master took over).
+    pub at: u64,
+}
+
 /// Orders two epochs by creation time. Epochs are base-36 timestamps (microseconds
 /// since the Unix epoch) in both brokers, so a longer one is newer and equal lengths
 /// compare as text. Lets a session drop a late message of an older epoch instead of

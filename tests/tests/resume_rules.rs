@@ -441,6 +441,31 @@ async fn after_redis_restarts_with_its_aof_a_resume_recovers_exactly_the_missed_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let got = through_sentinel(&mut c, &node, topic, &epoch).await;
-    assert_eq!(got, frames(&[("delta", 4), ("delta", 5), ("delta", 6)]));
+    // The restarted server has a new replication id: the next publish opens a
+    // continuation epoch, which the session follows on from seq 5 to 6.
+    let (sentinel, e2) = node
+        .publish_direct(topic, r#"{"sentinel":true}"#, None)
+        .await;
+    assert_eq!(sentinel, 6);
+    assert_eq!(
+        sluice_common::position::epoch_cmp(&e2, &epoch),
+        std::cmp::Ordering::Greater,
+        "a continuation epoch after the restart"
+    );
+    let got = c.recv_pubs_until(6).await;
+    let got: Vec<(&str, u64, &str)> = got
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default();
+            (s("type"), v["seq"].as_u64().unwrap_or(0), s("epoch"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("delta", 4, epoch.as_str()),
+            ("delta", 5, epoch.as_str()),
+            ("delta", 6, e2.as_str())
+        ]
+    );
 }

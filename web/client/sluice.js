@@ -123,7 +123,9 @@ export class Subscription extends Emitter {
   _deliver(env) {
     const pos = this.wildcard ? this._posOf(env.topic) : this;
     if (env.epoch !== pos.epoch) {
-      // A new epoch means the topic's history restarted: its seqs start over.
+      // A new epoch: the topic's history restarted (its seqs start over), or it
+      // continues ours after a Redis failover (the next seq follows; the server
+      // only sends a continuation to positions it continues).
       pos.epoch = env.epoch ?? null;
       pos.seq = 0;
     }

@@ -82,4 +82,25 @@ mod tests {
         t.remove("a");
         assert_eq!(t.topics().count(), 0);
     }
+
+    #[test]
+    fn a_continuation_epoch_goes_on_from_the_next_seq() {
+        // After a Redis takeover the server continues (e1, 3) as (e2, 4): accepted,
+        // and the resume position moves to the new epoch.
+        let mut t = Tracker::default();
+        t.add("a");
+        for s in 1..=3 {
+            assert!(t.accept("a", "hoousyc7ro", s));
+        }
+        assert!(t.accept("a", "hoousyc7rp", 4));
+        assert_eq!(t.position("a"), Some(&StreamPosition::new(4, "hoousyc7rp")));
+        assert!(
+            !t.accept("a", "hoousyc7rp", 4),
+            "a replay of it is a duplicate"
+        );
+        assert!(
+            !t.accept("a", "hoousyc7ro", 4),
+            "the parent's late 4 is older"
+        );
+    }
 }

@@ -419,6 +419,10 @@ impl Broker for Coalescing {
         self.inner.local_history(topic, from, limit)
     }
 
+    fn fork_of(&self, topic: &Topic, epoch: &str) -> Option<sluice_common::position::Fork> {
+        self.inner.fork_of(topic, epoch)
+    }
+
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
         self.inner.live_nodes().await
     }

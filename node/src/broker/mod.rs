@@ -11,7 +11,7 @@ pub mod coalesce;
 pub mod memory;
 pub mod redis;
 
-use sluice_common::{publisher::PublishKind, StreamPosition, Topic, TopicFilter};
+use sluice_common::{position::Fork, publisher::PublishKind, StreamPosition, Topic, TopicFilter};
 
 use crate::publication::Pub;
 
@@ -98,6 +98,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// ([`Broker::history`]). No I/O, no await: a resume asks it before it joins
     /// or starts a shared read.
     fn local_history(&self, _topic: &Topic, _from: u64, _limit: usize) -> Option<Vec<Pub>> {
+        None
+    }
+
+    /// Where `epoch` of `topic` came from, when it is a continuation epoch this
+    /// node has read of (a Redis takeover; see [`sluice_common::position::Fork`]).
+    /// `None` otherwise: the memory broker never forks, and an epoch of unknown
+    /// origin is treated as a new history.
+    fn fork_of(&self, _topic: &Topic, _epoch: &str) -> Option<Fork> {
         None
     }
 

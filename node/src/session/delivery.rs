@@ -156,10 +156,22 @@ where
             return Ok(None); // unsubscribed meanwhile
         };
         let same_epoch = sub.pos.epoch() == Some(&p.epoch);
-        let verdict = sub.pos.on_live(&p.epoch, p.seq);
+        // Another epoch may continue ours (a Redis takeover): the broker knows.
+        let fork = (!same_epoch)
+            .then(|| self.ctx.broker.fork_of(&p.topic, &p.epoch))
+            .flatten();
+        let verdict = sub.pos.on_live(&p.epoch, p.seq, fork.as_ref());
+        if verdict == Live::Forked {
+            // This connection delivered a message the new master lacks: its client
+            // resumes, and is answered `recovered: false` with the snapshot.
+            return Err(SessionEnd::SlowConsumer(
+                "a Redis failover lost a message this connection delivered",
+            ));
+        }
         if !same_epoch && verdict != Live::Stale {
-            // The topic restarted under a new epoch (its history was lost): what
-            // was pending belongs to the old one.
+            // The topic restarted under a new epoch (its history was lost), or goes
+            // on in a continuation: what was pending belongs to the old one (and
+            // may be a message the new master lacks).
             sub.pending = None;
         }
         if matches!(verdict, Live::Duplicate | Live::Stale) {

@@ -117,6 +117,7 @@ where
                     entry.epoch.as_deref(),
                     Some(p.epoch.as_str()),
                     p.seq,
+                    self.ctx.broker.fork_of(&topic, &p.epoch).as_ref(),
                 ) != Resume::Mismatch
             });
         let mut state = match local {
@@ -138,11 +139,17 @@ where
             state.position.as_ref().map(|p| Arc::from(p.epoch.as_str()));
 
         // Resume when the client's position is still in the retained history.
+        // A continuation epoch (a Redis takeover) also resumes its parent's
+        // positions below the fork; the head read taught the broker its fork.
+        let fork = epoch
+            .as_deref()
+            .and_then(|e| self.ctx.broker.fork_of(&topic, e));
         let plan = Position::resume(
             entry.resume_from_seq,
             entry.epoch.as_deref(),
             epoch.as_deref(),
             head,
+            fork.as_ref(),
         );
         let replay: Option<(u64, Vec<Pub>)> = match plan {
             Resume::AtHead => Some((head.saturating_add(1), Vec::new())),

@@ -65,19 +65,23 @@ pub struct TopicCounts {
     pub last: Option<(String, u64)>,
     seen: HashSet<(String, u64)>,
     retired_epochs: HashSet<String>,
+    /// Earlier epochs that the current one continues (a newer epoch whose first
+    /// frame was the next seq: a Redis takeover's continuation epoch).
+    lineage: HashSet<String>,
     /// Index into `frames` where the current baseline (after the last reset) starts.
     baseline_start: usize,
 }
 
 impl TopicCounts {
-    /// Seqs of the current epoch's frames in arrival order, since the last reset.
+    /// Seqs of the current epoch's frames (and of the epochs it continues) in
+    /// arrival order, since the last reset.
     pub fn seqs(&self) -> Vec<u64> {
         let Some((epoch, _)) = &self.last else {
             return Vec::new();
         };
         self.frames[self.baseline_start..]
             .iter()
-            .filter(|f| &f.epoch == epoch)
+            .filter(|f| &f.epoch == epoch || self.lineage.contains(&f.epoch))
             .map(|f| f.seq)
             .collect()
     }
@@ -97,9 +101,16 @@ impl TopicCounts {
                         self.gaps += 1;
                     }
                 }
-                Some((epoch, _)) => {
-                    // A new epoch without a `recovered: false` first: the old one is over.
+                Some((epoch, last)) => {
+                    // A new epoch without a `recovered: false` first: the old one is
+                    // over. Its next seq continues it (a continuation epoch); any
+                    // other seq starts a new history.
                     let old = epoch.clone();
+                    if frame.seq == last + 1 && frame.seq > 1 {
+                        self.lineage.insert(old.clone());
+                    } else {
+                        self.lineage.clear();
+                    }
                     self.retired_epochs.insert(old);
                 }
                 None => {}
@@ -119,6 +130,7 @@ impl TopicCounts {
     pub(super) fn on_reset(&mut self) {
         self.resets += 1;
         self.seen.clear();
+        self.lineage.clear();
         self.baseline_start = self.frames.len();
         self.last = None;
     }
@@ -206,6 +218,17 @@ mod tests {
         let t = counts(&[(3, "e"), (4, "e"), (5, "e")]);
         t.assert_exactly_once_up_to(5, "clean");
         assert_eq!(t.seqs(), [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_continuation_epoch_extends_the_run_and_a_restart_does_not() {
+        let t = counts(&[(1, "e1"), (2, "e1"), (3, "e2"), (4, "e2")]);
+        t.assert_exactly_once_up_to(4, "continued");
+        assert_eq!(t.seqs(), [1, 2, 3, 4]);
+        let restarted = counts(&[(1, "e1"), (2, "e1"), (1, "e2"), (2, "e2")]);
+        assert_eq!(restarted.seqs(), [1, 2], "only the new history");
+        let late = counts(&[(1, "e1"), (2, "e2"), (2, "e1")]);
+        assert_eq!(late.out_of_order, 1, "the continued epoch is over");
     }
 
     #[test]

@@ -307,17 +307,34 @@ impl Broker for RedisBroker {
     }
 
     async fn head(&self, topic: &Topic) -> Result<Option<StreamPosition>, BrokerError> {
-        // One HMGET is atomic: the seq and the epoch it counts in.
-        let (seq, epoch): (Option<u64>, Option<String>) = self
+        // One HMGET is atomic: the seq, the epoch it counts in, and where a
+        // continuation epoch came from (kept for `fork_of`, which a resume asks).
+        type Head = (Option<u64>, Option<String>, Option<String>, Option<u64>);
+        let (seq, epoch, parent, at): Head = self
             .pool
             .next()
-            .hmget(keys::meta(topic.as_str()), vec!["seq", "epoch"])
+            .hmget(
+                keys::meta(topic.as_str()),
+                vec!["seq", "epoch", "par", "fork"],
+            )
             .await
             .map_err(unavailable)?;
-        Ok(epoch.filter(|e| !e.is_empty()).map(|epoch| StreamPosition {
+        let epoch = epoch.filter(|e| !e.is_empty());
+        if let (Some(e), Some(parent), Some(at)) = (&epoch, parent, at) {
+            let fork = sluice_common::position::Fork {
+                parent: parent.into(),
+                at,
+            };
+            self.live.learn_fork(topic, &Arc::from(e.as_str()), fork);
+        }
+        Ok(epoch.map(|epoch| StreamPosition {
             seq: seq.unwrap_or(0),
             epoch,
         }))
+    }
+
+    fn fork_of(&self, topic: &Topic, epoch: &str) -> Option<sluice_common::position::Fork> {
+        self.live.fork_of(topic, epoch)
     }
 
     async fn history(

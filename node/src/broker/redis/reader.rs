@@ -35,6 +35,7 @@ use tracing::{debug, warn};
 mod catch_up;
 mod discovery;
 mod fill;
+mod forks;
 mod owners;
 
 use super::{
@@ -73,6 +74,8 @@ struct Followed {
     /// The Cluster master the channel's `SSUBSCRIBE` was routed to (`None` on one
     /// server or Sentinel); see [`owners`].
     owner: Option<Server>,
+    /// The latest continuation epoch read of, and its fork ([`forks`]).
+    fork: Option<(Arc<str>, sluice_common::position::Fork)>,
 }
 
 /// The position `follow` read, handed to the reader task.
@@ -163,6 +166,7 @@ impl Live {
                             read_on_arm: false,
                             stale: false,
                             owner: None,
+                            fork: None,
                         },
                     );
                 }
@@ -378,7 +382,11 @@ impl Live {
         match self.place(&p) {
             Some(Fit::Gap) => {
                 debug!(topic = %p.topic, seq = p.seq, "seq jump on the live path; reading the stream");
-                self.forget_other_epoch(&p);
+                if self.other_epoch(&p) && !self.switch_epoch(&p.topic, false).await {
+                    // Redis failed (the topic is stale, read again later), or `p`
+                    // is of an older epoch than the topic's (dropped).
+                    return;
+                }
                 self.catch_up(vec![p.topic.clone()], sink, decoder).await;
                 // The read covers `p` unless Redis failed (then the topic is stale
                 // and read again) or `p` was of an older epoch (dropped).
@@ -393,14 +401,13 @@ impl Live {
         }
     }
 
-    /// A live message of another epoch: the topic restarted (Redis lost its state),
-    /// so the read starts at the new epoch's first seq, not at our position.
-    fn forget_other_epoch(&self, p: &Pub) {
-        if let Some(f) = self.lock().get_mut(&p.topic) {
-            if f.tail.position().is_some_and(|(e, _)| *e != p.epoch) {
-                f.tail.reset(None, 0);
-            }
-        }
+    /// Whether `p` is of another epoch than the position reached: the topic
+    /// restarted (Redis lost its state) or continues under a new master
+    /// ([`Live::switch_epoch`] decides where the read starts).
+    fn other_epoch(&self, p: &Pub) -> bool {
+        self.lock()
+            .get(&p.topic)
+            .is_some_and(|f| f.tail.position().is_some_and(|(e, _)| *e != p.epoch))
     }
 
     /// Appends `p` to its topic's tail if it is next; keeps it for later if the

@@ -16,6 +16,10 @@
 --                             snap_seq  seq the snapshot reflects, optional
 --                             snap_ts   when the snapshot was stored, unix ms, optional
 --                             exp       when the TTLs were last refreshed, unix ms
+--                             rid       replication id of the server that wrote
+--                                       the last entry (see "Continuation epochs")
+--                             par       a continuation epoch's parent, optional
+--                             fork      a continuation epoch's first own seq, optional
 --   sluice:{T}:stream  stream entry id "<ems>-<seq>", fields
 --                             e   epoch    t  type ("delta" or "alert")
 --                             p   payload  ts publish time, unix ms
@@ -53,8 +57,9 @@
 -- Epoch: created when meta has no epoch (new topic, or its state was lost).
 -- It is the base-36 (0-9a-z) form of the creation time in microseconds
 -- (TIME: sec * 1000000 + usec), e.g. "hodyhjseay" (10 chars until 2085).
--- Invariant: ems == floor(base36_decode(epoch) / 1000), so a reader that
--- knows the epoch can build the stream id of any seq: "<ems>-<seq>".
+-- ems is the ms part of the creation time of the lineage's first epoch (a
+-- continuation epoch keeps its parent's ems, see below), so the stream id of
+-- any seq is "<ems>-<seq>" and ids keep growing across a continuation.
 -- Because the ms part of every id is the epoch's creation time, the ids of a
 -- later epoch are greater than those of an older one: a reader blocked in
 -- XREAD on the old last id still wakes for the new epoch's entries. When a
@@ -62,6 +67,30 @@
 -- evicted alone), ems is raised above the old stream's last id if the clock
 -- is behind it; the old stream is then deleted (histories of two epochs are
 -- never mixed).
+--
+-- Continuation epochs: the function records in meta the replication id
+-- (INFO replication's master_replid) of the server that wrote the topic's last
+-- entry. A replica promoted to master gets a new replication id, and so does a
+-- server that restarts; either may lack the last entries the old master wrote
+-- and the nodes delivered live before replication. So when a publish runs under
+-- another replication id than meta's, the topic's epoch becomes a new one (the
+-- time now in base 36, and later than the old epoch) that continues the old one:
+-- par = the old epoch, fork = the next seq (seq + 1, this master's head + 1), and
+-- seqs go on from there. Every seq below fork is the same message in both epochs;
+-- a client or node positioned at seq s of the parent continues seamlessly when
+-- s < fork, and saw a message this master lacks when s >= fork (it is told:
+-- recovered false). The history function answers the entries of a continuation's
+-- lineage (written under the parent, or under its parent...) with the current
+-- epoch in "e", since the stream only holds the current lineage. Only the
+-- latest fork is kept (one level of parent). A topic written before rid was
+-- recorded adopts the current id without a new epoch. Continuation epochs are
+-- not announced on sluice:topics (the topic is not new).
+-- The replication id is read at most every REPLID_CACHE_MS (a value kept by
+-- the library between calls). It can only be stale if this server stopped being
+-- a master and became one again within that time without reloading the library
+-- (a replica never runs sluice_publish, and a restart or a full resync loads the
+-- library afresh); a stale id can then only miss a fork when meta's rid is this
+-- server's own old id, i.e. no entry of the interim master reached it.
 --
 -- Meta: the optional 4th argument is the engine's meta, a JSON object of at
 -- most MAX_META_BYTES bytes (a source, a trace id) without the key "node",
@@ -257,6 +286,41 @@ local function to_base36(n)
     return table.concat(digits)
 end
 
+-- The inverse of to_base36 (an epoch made by to_base36 decodes exactly).
+local function from_base36(s)
+    local n = 0
+    for i = 1, #s do
+        local c = string.byte(s, i)
+        local d
+        if c >= 48 and c <= 57 then
+            d = c - 48
+        elseif c >= 97 and c <= 122 then
+            d = c - 87
+        else
+            return nil
+        end
+        n = n * 36 + d
+    end
+    return n
+end
+
+-- This server's replication id (INFO replication's master_replid), kept for
+-- REPLID_CACHE_MS between reads: INFO costs about as much as a tenth of the
+-- publish. See "Continuation epochs" above for why a cached value is safe.
+local REPLID_CACHE_MS = 100
+local replid_cache = { id = nil, at = 0 }
+
+local function current_replid(now_ms)
+    if replid_cache.id and now_ms >= replid_cache.at and now_ms - replid_cache.at < REPLID_CACHE_MS then
+        return replid_cache.id
+    end
+    local info = redis.call('INFO', 'replication')
+    local id = string.match(info, 'master_replid:(%w+)')
+    replid_cache.id = id
+    replid_cache.at = now_ms
+    return id
+end
+
 -- FCALL sluice_publish 1 <topic> <payload-json> [<type> [<snapshot-json> [<meta-json>]]]
 -- -> {seq, epoch}. An empty <snapshot-json> means no snapshot.
 local function publish(keys, args)
@@ -310,8 +374,29 @@ local function publish(keys, args)
     local sec, usec = tonumber(now[1]), tonumber(now[2])
     local now_ms = sec * 1000 + math.floor(usec / 1000)
 
-    local cur = redis.call('HMGET', meta, 'epoch', 'ems', 'exp')
+    local replid = current_replid(now_ms)
+    local cur = redis.call('HMGET', meta, 'epoch', 'ems', 'exp', 'rid', 'seq')
     local epoch, ems, exp = cur[1], cur[2], tonumber(cur[3])
+    if epoch and ems and replid and cur[4] ~= replid then
+        if cur[4] then
+            -- Written last under another replication id: this server took over
+            -- (a promoted replica, a restart) and may lack entries that were
+            -- delivered. Continue under a new epoch whose lineage forks at the
+            -- next seq (see "Continuation epochs" above).
+            local fork = (tonumber(cur[5]) or 0) + 1
+            local micros = sec * 1000000 + usec
+            local parent_micros = from_base36(epoch)
+            if parent_micros and micros <= parent_micros then
+                micros = parent_micros + 1
+            end
+            local parent = epoch
+            epoch = to_base36(micros)
+            redis.call('HSET', meta, 'epoch', epoch, 'par', parent, 'fork', string.format('%d', fork), 'rid', replid)
+        else
+            -- Written before replication ids were recorded: adopt this one.
+            redis.call('HSET', meta, 'rid', replid)
+        end
+    end
     if not epoch or not ems then
         exp = nil
         -- New topic, or its state was lost: start a new epoch.
@@ -327,7 +412,10 @@ local function publish(keys, args)
         ems = string.format('%d', math.floor(micros / 1000))
         redis.call('DEL', stream)
         redis.call('HSET', meta, 'epoch', epoch, 'ems', ems, 'seq', 0)
-        redis.call('HDEL', meta, 'snap', 'snap_seq', 'snap_ts')
+        redis.call('HDEL', meta, 'snap', 'snap_seq', 'snap_ts', 'par', 'fork')
+        if replid then
+            redis.call('HSET', meta, 'rid', replid)
+        end
         -- Announce the new epoch to nodes holding wildcards (sluice:topics above).
         redis.call('PUBLISH', 'sluice:topics', topic .. '\n' .. epoch)
     end
@@ -392,6 +480,7 @@ end
 -- FCALL_RO sluice_history 1 <topic> <from-seq> <count>
 -- -> up to <count> entries of the CURRENT epoch with seq >= <from-seq>, in order,
 -- as XRANGE returns them ({id, {field, value, ...}}); {} for an unknown topic.
+-- Entries of a continuation epoch's lineage carry the current epoch in "e".
 -- Reading the epoch's ms part and the range in one call keeps them consistent.
 local function history(keys, args)
     if #keys ~= 1 then
@@ -401,12 +490,25 @@ local function history(keys, args)
     if #args ~= 2 or not from or from < 1 or from % 1 ~= 0 or not count or count < 1 or count % 1 ~= 0 then
         return fail('expected <from-seq> <count>, both whole numbers of at least 1')
     end
-    local ems = redis.call('HGET', meta_key(keys[1]), 'ems')
+    local cur = redis.call('HMGET', meta_key(keys[1]), 'ems', 'epoch', 'par')
+    local ems, epoch = cur[1], cur[2]
     if not ems then
         return {}
     end
-    return redis.call('XRANGE', stream_key(keys[1]), ems .. '-' .. string.format('%d', from), '+',
+    local entries = redis.call('XRANGE', stream_key(keys[1]), ems .. '-' .. string.format('%d', from), '+',
         'COUNT', string.format('%d', count))
+    if cur[3] and epoch then
+        -- A continuation epoch: the stream holds its whole lineage (a new root
+        -- epoch deletes the stream), so entries written under an ancestor are
+        -- this epoch's history too, and are answered as such.
+        for _, entry in ipairs(entries) do
+            local fields = entry[2]
+            if fields[1] == 'e' and fields[2] ~= epoch then
+                fields[2] = epoch
+            end
+        end
+    end
+    return entries
 end
 
 redis.register_function('sluice_publish', publish)

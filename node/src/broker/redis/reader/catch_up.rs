@@ -53,8 +53,16 @@ impl Live {
                     Some(async move { (t, from, self.read(t, from).await) })
                 });
                 for (topic, from, read) in futures_util::future::join_all(reads).await {
-                    if self.apply(topic, from, read, sink, decoder) {
-                        again.push(topic.clone());
+                    match self.apply(topic, from, read, sink, decoder) {
+                        Then::Done => {}
+                        Then::Again => again.push(topic.clone()),
+                        Then::Switch => {
+                            // Read where the new epoch came from, then again from
+                            // the position it gave.
+                            if self.switch_epoch(topic, true).await {
+                                again.push(topic.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -83,7 +91,7 @@ impl Live {
         Ok((entries, epoch))
     }
 
-    /// Delivers a catch-up page read from `from`; returns whether to read again.
+    /// Delivers a catch-up page read from `from`; returns what to do next.
     fn apply(
         &self,
         topic: &Topic,
@@ -91,19 +99,19 @@ impl Live {
         read: Read,
         sink: &dyn Sink,
         decoder: &mut Decoder,
-    ) -> bool {
+    ) -> Then {
         let mut delivered = Vec::new();
         let more = {
             let mut m = self.lock();
             let Some(f) = m.get_mut(topic).filter(|f| f.armed) else {
-                return false; // unfollowed meanwhile
+                return Then::Done; // unfollowed meanwhile
             };
             let (entries, epoch_now) = match read {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%topic, error = %e, "catch-up read failed; retrying");
                     f.stale = true;
-                    return false;
+                    return Then::Done;
                 }
             };
             f.stale = false;
@@ -118,17 +126,16 @@ impl Live {
                     .position()
                     .zip(epoch_now.as_deref())
                     .is_some_and(|((ours, _), now)| **ours != *now);
-                if restarted {
-                    f.tail.reset(None, 0);
-                }
-                return restarted;
+                // Another epoch and nothing past our position: a new history
+                // restarted below it, or a continuation has nothing new yet.
+                return if restarted { Then::Switch } else { Then::Done };
             };
             if f.tail.fit(first) == Fit::Gap {
                 let other_epoch = f.tail.position().is_some_and(|(e, _)| *e != first.epoch);
                 if other_epoch && from != 1 {
-                    // A new epoch: its history starts at 1, not at our position.
-                    f.tail.reset(None, 0);
-                    return true;
+                    // A new epoch: a new history starts at 1, a continuation of
+                    // ours goes on from our position ([`Live::switch_epoch`]).
+                    return Then::Switch;
                 }
                 warn!(%topic, from, first = first.seq, "history was trimmed before the live path read it");
                 f.tail
@@ -144,6 +151,20 @@ impl Live {
         for p in &delivered {
             sink.deliver(p);
         }
-        more
+        if more {
+            Then::Again
+        } else {
+            Then::Done
+        }
     }
+}
+
+/// What a catch-up read of a topic leads to.
+enum Then {
+    /// Caught up (or failed: the topic is stale and read again later).
+    Done,
+    /// A full page: read the next one.
+    Again,
+    /// The stream is in another epoch: find out which, then read again.
+    Switch,
 }

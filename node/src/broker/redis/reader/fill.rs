@@ -1,6 +1,6 @@
-//! The follow's one read: a topic's position and its newest stream entries, read
-//! together (`MULTI` `HMGET` of the meta, `XREVRANGE … COUNT <tail size>`, `EXEC`),
-//! so a node that starts following a topic holds its recent history from the
+//! The follow's one read: a topic's position (with a continuation epoch's parent
+//! and fork) and its newest stream entries, read together (`MULTI` `HMGET` of the
+//! meta, `XREVRANGE … COUNT <tail size>`, `EXEC`), so a node that starts following a topic holds its recent history from the
 //! first moment, and a storm of resumes from before the follow is answered from
 //! memory instead of one history read per burst.
 //!
@@ -9,11 +9,11 @@
 //! arrive on the channel), those published after it arrive on the channel (the
 //! subscription was made first) and continue the tail. Nothing falls between.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use fred::interfaces::{HashesInterface, StreamsInterface, TransactionInterface};
-use sluice_common::{keys, Topic};
+use sluice_common::{keys, position::Fork, Topic};
 
 use super::{unavailable, Live};
 use crate::{
@@ -46,30 +46,40 @@ impl Live {
         let failed =
             |e: fred::error::Error| unavailable("reading the topic's position", e.details());
         let client = self.pool.next();
-        let ((head, epoch), newest_first): ((Option<u64>, Option<String>), Entries) =
-            if self.tail_size == 0 {
-                (
-                    client
-                        .hmget(meta, vec!["seq", "epoch"])
-                        .await
-                        .map_err(failed)?,
-                    Vec::new(),
+        const FIELDS: [&str; 4] = ["seq", "epoch", "par", "fork"];
+        type Position = (Option<u64>, Option<String>, Option<String>, Option<u64>);
+        let ((head, epoch, parent, at), newest_first): (Position, Entries) = if self.tail_size == 0
+        {
+            (
+                client.hmget(meta, FIELDS.to_vec()).await.map_err(failed)?,
+                Vec::new(),
+            )
+        } else {
+            let tx = client.multi();
+            let _: () = tx.hmget(meta, FIELDS.to_vec()).await.map_err(failed)?;
+            let _: () = tx
+                .xrevrange(
+                    keys::stream(topic.as_str()),
+                    "+",
+                    "-",
+                    Some(self.tail_size as u64),
                 )
-            } else {
-                let tx = client.multi();
-                let _: () = tx.hmget(meta, vec!["seq", "epoch"]).await.map_err(failed)?;
-                let _: () = tx
-                    .xrevrange(
-                        keys::stream(topic.as_str()),
-                        "+",
-                        "-",
-                        Some(self.tail_size as u64),
-                    )
-                    .await
-                    .map_err(failed)?;
-                tx.exec(true).await.map_err(failed)?
-            };
+                .await
+                .map_err(failed)?;
+            tx.exec(true).await.map_err(failed)?
+        };
         let epoch = epoch.filter(|e| !e.is_empty());
+        // A continuation epoch's origin, kept for resumes from its parent.
+        if let (Some(e), Some(parent), Some(at)) = (&epoch, parent, at) {
+            self.learn_fork(
+                topic,
+                &Arc::from(e.as_str()),
+                Fork {
+                    parent: parent.into(),
+                    at,
+                },
+            );
+        }
         Ok(Filled {
             head: if epoch.is_some() {
                 head.unwrap_or(0)
