@@ -139,6 +139,9 @@ pub enum Command {
         /// Share of the private users whose risk topic gets alerts.
         #[arg(long, default_value_t = 0.25)]
         alert_share: f64,
+        /// Market topics each trader also watches on its alerts' session.
+        #[arg(long, default_value_t = crate::scenario::mixed::TRADER_WATCH)]
+        trader_watch: usize,
         /// Zipf exponent of market topic popularity.
         #[arg(long, default_value_t = 1.0)]
         zipf: f64,
@@ -314,6 +317,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Command::Mixed {
                 jwt_secret,
                 alert_share,
+                trader_watch,
                 zipf,
                 seed,
                 conflate_wait,
@@ -333,6 +337,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     mixed_run::MixedOptions {
                         secret: jwt_secret,
                         alert_share,
+                        trader_watch,
                         zipf,
                         seed,
                         conflate_wait,

@@ -23,7 +23,9 @@ use crate::{
 pub enum Class {
     /// Subscribes one public `prices.*` topic.
     Market,
-    /// Subscribes its own `trading.{user}` and `risk.{user}.alerts`.
+    /// Subscribes its own `trading.{user}` and `risk.{user}.alerts`, and (with a
+    /// watchlist, [`Plan::with_watchlists`]) a few `prices.*` topics: a trader
+    /// watches prices on the same session that brings its alerts.
     Private,
     /// `/ws/mobile/{user}` with `x-background-mode: true` (conflated).
     MobileBackground,
@@ -68,6 +70,10 @@ pub const MARKET_SHARE: f64 = 0.6;
 pub const TRADING_SHARE: f64 = 0.2;
 pub const MOBILE_SHARE: f64 = 0.1;
 pub const ALERT_SHARE: f64 = 0.1;
+
+/// Market topics each trader watches by default (`--trader-watch`): a desk's
+/// screen shows prices beside its alerts, so they share one session.
+pub const TRADER_WATCH: usize = 5;
 
 /// Every tenth mobile client stays in foreground.
 pub const MOBILE_FOREGROUND_EVERY: usize = 10;
@@ -188,6 +194,40 @@ impl Plan {
             alerted: alerts[..n_alerted].to_vec(),
             mobile,
         }
+    }
+
+    /// Adds `watch` market topics (distinct, drawn by Zipf popularity with
+    /// exponent `zipf`, so traders watch the busy instruments too) to every
+    /// private client, after its own topics; 0 leaves the plan as it is.
+    pub fn with_watchlists(mut self, watch: usize, zipf: f64) -> Plan {
+        let watch = watch.min(self.market.len());
+        if watch == 0 {
+            return self;
+        }
+        let popularity = Zipf::new(self.market.len(), zipf);
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            if c.class != Class::Private {
+                continue;
+            }
+            let mut rng = Rng::new(0x5eed ^ i as u64);
+            let mut picked: Vec<usize> = Vec::with_capacity(watch);
+            // Zipf draws repeat the hot topics: draw until `watch` are distinct.
+            while picked.len() < watch {
+                let t = self.market[popularity.sample(&mut rng)];
+                if !picked.contains(&t) {
+                    picked.push(t);
+                }
+            }
+            c.topics.extend(picked);
+            let names: Vec<&str> = c
+                .topics
+                .iter()
+                .map(|&t| self.topics[t].name.as_str())
+                .collect();
+            c.subscribe_frame =
+                Some(serde_json::json!({"type": "subscribe", "topics": names}).to_string());
+        }
+        self
     }
 
     /// Subscribers per topic.

@@ -35,6 +35,8 @@ pub struct MixedOptions {
     pub secret: String,
     /// Share of the risk topics that get alerts.
     pub alert_share: f64,
+    /// Market topics each trader watches on the session of its alerts.
+    pub trader_watch: usize,
     pub zipf: f64,
     pub seed: u64,
     /// Extra wait after the drain for background sessions' last conflated flush.
@@ -46,6 +48,15 @@ pub struct MixedOptions {
 struct Timings {
     deltas: [Mutex<Latencies>; 4],
     alerts: Mutex<Latencies>,
+}
+
+/// The first stage of every message, apart: from its scheduled time to the
+/// engine's pipeline getting Redis's answer (the publish is done), deltas and
+/// alerts apart. What the clients measure beyond it is Redis to node to socket.
+#[derive(Debug, Default)]
+struct PublishTimings {
+    deltas: Latencies,
+    alerts: Latencies,
 }
 
 fn class_index(c: Class) -> usize {
@@ -72,12 +83,10 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
         .redis
         .as_deref()
         .context("mixed publishes through Redis: --redis is required")?;
-    let plan = Arc::new(Plan::new(
-        cfg.clients,
-        cfg.topics,
-        opt.alert_share,
-        &run_id(),
-    ));
+    let plan = Arc::new(
+        Plan::new(cfg.clients, cfg.topics, opt.alert_share, &run_id())
+            .with_watchlists(opt.trader_watch, opt.zipf),
+    );
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -130,7 +139,7 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
     let ns = |t: Instant| t.duration_since(live.origin).as_nanos() as u64;
     live.window_start_ns.store(ns(start), Relaxed);
     live.window_end_ns.store(ns(start + cfg.duration), Relaxed);
-    let (ok, errors, first_publish_error) =
+    let (ok, errors, first_publish_error, acked) =
         publish(cfg, &opt, &plan, &publisher, start, live.origin).await?;
     let (cpu, _) = meter.finish(&cfg.server_pids, None).await;
 
@@ -214,6 +223,11 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
     );
     e.insert("foreground_delta_p50_ms".into(), delta_p50.into());
     e.insert(
+        "publish_acked_ms".into(),
+        json!({"deltas": acked.deltas.percentiles(), "alerts": acked.alerts.percentiles()}),
+    );
+    e.insert("trader_watch".into(), opt.trader_watch.into());
+    e.insert(
         "goal_alert_p99_le_delta_p50".into(),
         (alerts.count() > 0 && alert_p99 <= delta_p50).into(),
     );
@@ -230,7 +244,8 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
 
 /// Publishes the mix for `cfg.duration` at `cfg.rate`, pipelined per batch on one
 /// connection (each topic's publishes in schedule order). Returns successful
-/// publishes per topic, the error count and the first error.
+/// publishes per topic, the error count, the first error and the publish stage's
+/// timings.
 async fn publish(
     cfg: &RunConfig,
     opt: &MixedOptions,
@@ -238,7 +253,8 @@ async fn publish(
     publisher: &Publisher,
     start: Instant,
     origin: Instant,
-) -> anyhow::Result<(Vec<u64>, u64, Option<String>)> {
+) -> anyhow::Result<(Vec<u64>, u64, Option<String>, PublishTimings)> {
+    let mut acked = PublishTimings::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, u64)>();
     let schedule = RateSchedule::new(cfg.rate, cfg.duration);
     let (plan2, zipf, seed) = (plan.clone(), opt.zipf, opt.seed);
@@ -296,9 +312,18 @@ async fn publish(
             .collect::<Vec<_>>()
         {
             results if results.len() == queued.len() => {
-                for (&(t, _, _), r) in queued.iter().zip(results) {
+                let now = origin.elapsed().as_nanos() as u64;
+                for (&(t, _, sent_ns), r) in queued.iter().zip(results) {
                     match r {
-                        Ok(_) => ok[t] += 1,
+                        Ok(_) => {
+                            ok[t] += 1;
+                            let stage = if plan.topics[t].kind == TopicKind::Alerts {
+                                &mut acked.alerts
+                            } else {
+                                &mut acked.deltas
+                            };
+                            stage.record_ns(now.saturating_sub(sent_ns));
+                        }
                         Err(e) => {
                             errors += 1;
                             first.get_or_insert_with(|| format!("publish: {e}"));
@@ -317,7 +342,7 @@ async fn publish(
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
-    Ok((ok, errors, first))
+    Ok((ok, errors, first, acked))
 }
 
 /// One client: connect with its token, subscribe, then account every frame until

@@ -97,6 +97,66 @@ fn the_publish_mix_follows_the_shares() {
 }
 
 #[test]
+fn traders_watch_distinct_market_topics_on_the_session_of_their_alerts() {
+    let p = Plan::new(100, 10, 0.25, "r4").with_watchlists(3, 1.0);
+    let mut watched = vec![0u64; p.topics.len()];
+    for c in &p.clients {
+        if c.class != Class::Private {
+            assert_eq!(c.topics.len(), 1, "only traders get watchlists");
+            continue;
+        }
+        assert_eq!(c.topics.len(), 5, "trading, alerts and 3 prices");
+        assert_eq!(p.topics[c.topics[1]].kind, TopicKind::Alerts);
+        let market = &c.topics[2..];
+        assert!(market
+            .iter()
+            .all(|&t| p.topics[t].kind == TopicKind::Market));
+        let mut distinct = market.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "no topic twice");
+        let frame: serde_json::Value =
+            serde_json::from_str(c.subscribe_frame.as_deref().expect("frame")).unwrap();
+        assert_eq!(frame["topics"].as_array().map(Vec::len), Some(5));
+        for &t in market {
+            watched[t] += 1;
+        }
+    }
+    assert_eq!(watched.iter().sum::<u64>(), 90, "30 traders x 3");
+    // Zipf: with 300 traders over 100 topics the top topic is watched by far more
+    // traders than the median one (about 1/H(100) = 19 % of draws against 0.4 %).
+    let p = Plan::new(1000, 100, 0.25, "r7").with_watchlists(3, 1.0);
+    let mut watched = vec![0u64; p.topics.len()];
+    for c in p.clients.iter().filter(|c| c.class == Class::Private) {
+        for &t in &c.topics[2..] {
+            watched[t] += 1;
+        }
+    }
+    let mut counts: Vec<u64> = p.market.iter().map(|&t| watched[t]).collect();
+    let top = counts[0];
+    counts.sort_unstable();
+    assert!(
+        top >= 10 * counts[50].max(1),
+        "top {top}, median {}",
+        counts[50]
+    );
+    // More than there are market topics: each trader watches all of them.
+    let all = Plan::new(10, 2, 1.0, "r5").with_watchlists(9, 1.0);
+    let trader = all
+        .clients
+        .iter()
+        .find(|c| c.class == Class::Private)
+        .unwrap();
+    assert_eq!(trader.topics.len(), 4);
+    // 0 changes nothing.
+    let none = Plan::new(100, 10, 0.25, "r6").with_watchlists(0, 1.0);
+    assert!(none
+        .clients
+        .iter()
+        .all(|c| c.class != Class::Private || c.topics.len() == 2));
+}
+
+#[test]
 fn a_plan_with_no_private_users_publishes_only_market() {
     let p = Plan::new(1, 3, 1.0, "r3");
     assert!(p.trading.is_empty() && p.alerted.is_empty());

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+mod batch;
 mod catch_up;
 mod discovery;
 mod fill;
@@ -310,7 +311,20 @@ impl Live {
                     Err(RecvError::Closed) => return,
                 },
                 m = messages.recv() => match m {
-                    Ok(m) => self.on_message(m, &*sink, &mut decoder).await,
+                    Ok(m) => {
+                        // Alerts first among the messages waiting ([`batch`]).
+                        let mut waiting = vec![m];
+                        let d = batch::drain_waiting(&mut messages, &mut waiting);
+                        self.on_batch(waiting, &*sink, &mut decoder).await;
+                        if let Some(n) = d.lagged {
+                            warn!(missed = n, "live reader fell behind; reading every followed stream");
+                            let all = self.armed_topics();
+                            self.catch_up(all, &*sink, &mut decoder).await;
+                        }
+                        if d.closed {
+                            return;
+                        }
+                    }
                     Err(RecvError::Lagged(n)) => {
                         warn!(missed = n, "live reader fell behind; reading every followed stream");
                         let all = self.armed_topics();
@@ -348,31 +362,35 @@ impl Live {
             .collect()
     }
 
-    async fn on_message(&self, m: Message, sink: &dyn Sink, decoder: &mut Decoder) {
-        if m.kind == MessageKind::Message && m.channel == keys::TOPICS {
+    fn is_announcement(m: &Message) -> bool {
+        m.kind == MessageKind::Message && m.channel == keys::TOPICS
+    }
+
+    /// A live message's publication; an announcement is handled here and now.
+    fn decode_message(&self, m: Message, sink: &dyn Sink, decoder: &mut Decoder) -> Option<Pub> {
+        if Self::is_announcement(&m) {
             self.on_announcement(&m.value, sink);
-            return;
+            return None;
         }
         if m.kind != MessageKind::SMessage {
-            return;
+            return None;
         }
-        let Some(name) = keys::topic_of_live(&m.channel) else {
-            return;
-        };
+        let name = keys::topic_of_live(&m.channel)?;
         // The followed topic's own handle: sessions compare it by address.
         let known = self.lock().get_key_value(name).map(|(t, _)| t.clone());
-        let Some(topic) = known.or_else(|| Topic::parse(name).ok()) else {
-            return;
-        };
+        let topic = known.or_else(|| Topic::parse(name).ok())?;
         let body: &[u8] = match &m.value {
             Value::Bytes(b) => b,
             Value::String(s) => s.as_bytes(),
-            _ => return,
+            _ => return None,
         };
         match decode_live(&topic, body, decoder) {
-            Ok(p) => self.offer(p, sink, decoder).await,
+            Ok(p) => Some(p),
             // Not written by the function (anyone may SPUBLISH): the stream decides.
-            Err(e) => warn!(%topic, error = %e, "ignoring a malformed live message"),
+            Err(e) => {
+                warn!(%topic, error = %e, "ignoring a malformed live message");
+                None
+            }
         }
     }
 
