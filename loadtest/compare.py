@@ -67,7 +67,10 @@ def start_system(name, redis_url, workers, env_extra):
         return Running(name, [p.pid], lambda: (p.send_signal(signal.SIGKILL), p.wait()))
     if name == "baseline":
         p = subprocess.Popen([str(ROOT / "target/release/sluice-loadtest"), "baseline-server",
-                              "--bind", f"127.0.0.1:{port}", "--threads", str(workers)],
+                              "--bind", f"127.0.0.1:{port}", "--threads", str(workers),
+                              # spec (default): the envelope Sluice sends; short: the one
+                              # without ts and meta, as measured before 2026-12-02.
+                              "--envelope", os.environ.get("BASELINE_ENVELOPE", "spec")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
         return Running(name, [p.pid], lambda: (p.kill(), p.wait()))

@@ -177,14 +177,22 @@ pub enum Command {
         bind: std::net::SocketAddr,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// The envelope each publication is wrapped in.
+        #[arg(long, value_enum, default_value_t = baseline::Envelope::Spec)]
+        envelope: baseline::Envelope,
     },
 }
 
 /// Runs the chosen subcommand.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
-    if let Command::BaselineServer { bind, threads } = cli.command {
+    if let Command::BaselineServer {
+        bind,
+        threads,
+        envelope,
+    } = cli.command
+    {
         procfs::raise_fd_limit(100_000)?;
-        return baseline::serve(bind, threads);
+        return baseline::serve(bind, threads, envelope);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -130,16 +130,23 @@ async fn fcall(redis: &Client, topic: &str, args: &[&str]) -> Result<(u64, Strin
 }
 
 /// `FCALL_RO` calls Redis has served (history and state reads).
+/// Stream reads Redis served: `sluice_history` calls (`FCALL_RO`) and the follow's
+/// fill of the node's tail (`XREVRANGE`).
 async fn history_reads(redis: &Client) -> u64 {
     let info: String = redis
         .info(Some(fred::types::InfoKind::CommandStats))
         .await
         .expect("INFO commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall_ro:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    ["cmdstat_fcall_ro:calls=", "cmdstat_xrevrange:calls="]
+        .iter()
+        .map(|prefix| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 async fn head_seq(redis: &Client, topic: &str) -> Option<u64> {
@@ -233,9 +240,10 @@ async fn on_redis_each_node_names_itself_on_live_resumed_and_snapshot_frames() {
     let frames = rest_history(&b, topic).await;
     assert_eq!(meta_of(&frames), want("red-b"), "REST history on b");
 
-    // A third node that does not follow the topic yet reads the stream; a second
-    // resume there, while the first client keeps the topic followed, is answered
-    // from the node's tail (no history read reaches Redis). Both name that node.
+    // A third node that does not follow the topic yet reads the stream (its follow
+    // fills the tail from it); a second resume there, while the first client keeps
+    // the topic followed, is answered from the node's tail (no stream read reaches
+    // Redis). Both name that node.
     let c = start_redis_node(&redis, |c| c.node_id = "red-c".into()).await;
     let epoch = frames[0]["epoch"].as_str().expect("epoch").to_owned();
     let mut held = Vec::new();
