@@ -223,6 +223,14 @@ pub enum Publish {
     },
     /// The baseline's publish socket: a text frame `<topic>\n<payload>`.
     Ws(WsConn),
+    /// Sluice without `--redis` (a node on its embedded broker): `POST /publish`
+    /// with `SLUICE_ADMIN_TOKEN`. It measures the node's own path, without the
+    /// Redis hop an engine's publish takes.
+    SluiceHttp {
+        client: reqwest::Client,
+        url: String,
+        token: String,
+    },
 }
 
 impl Publish {
@@ -237,7 +245,19 @@ impl Publish {
             redis.with_context(|| format!("{system} publishes through Redis: --redis is required"))
         };
         Ok(match system {
-            System::Sluice => Publish::Sluice(Publisher::connect(need_redis()?, 1).await?),
+            System::Sluice => match redis {
+                Some(url) => Publish::Sluice(Publisher::connect(url, 1).await?),
+                None => Publish::SluiceHttp {
+                    client: reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .timeout(Duration::from_secs(10))
+                        .build()?,
+                    url: format!("{http}/publish"),
+                    token: std::env::var("SLUICE_ADMIN_TOKEN").context(
+                        "Sluice without --redis publishes with POST /publish: set SLUICE_ADMIN_TOKEN",
+                    )?,
+                },
+            },
             System::Fastapi | System::Socketio => {
                 let config = RedisConfig::from_url(need_redis()?)?;
                 let client = fred::types::Builder::from_config(config).build()?;
@@ -335,6 +355,18 @@ impl Publish {
                 }
             }
             Publish::Ws(conn) => conn.send_text(&format!("{topic}\n{payload}")).await?,
+            Publish::SluiceHttp { client, url, token } => {
+                let r = client
+                    .post(url.as_str())
+                    .bearer_auth(token.as_str())
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"topic":"{topic}","payload":{payload}}}"#))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("POST /publish answered {}", r.status());
+                }
+            }
         }
         Ok(())
     }

@@ -94,6 +94,12 @@ pub async fn serve(listener: TcpListener, router: Router, st: Arc<AppState>) -> 
             drop(stream);
             continue;
         };
+        // No Nagle: a frame is written when the session flushes it, not held until
+        // the client acknowledges the previous one (with delayed ACKs that held
+        // small frames for up to 40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
         connections.spawn(connection(
             stream,
             peer,
