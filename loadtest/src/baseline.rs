@@ -260,16 +260,41 @@ pub fn parse_client_frame(buf: &mut BytesMut) -> anyhow::Result<Option<(u8, Byte
 mod tests {
     use super::*;
 
+    /// The JSON body of a server frame, after checking its header.
+    fn body(f: &[u8]) -> serde_json::Value {
+        assert_eq!(f[0], 0x81);
+        let (len, header) = payload_length(f).expect("header").expect("whole header");
+        assert_eq!(header + len, f.len());
+        serde_json::from_slice(&f[header..]).expect("JSON")
+    }
+
     #[test]
     fn envelope_is_a_sluice_shaped_delta() {
-        let f = envelope_frame("bench.a.0", 7, r#"{"ls":7}"#);
-        assert_eq!(f[0], 0x81);
-        let body = &f[2..];
-        assert_eq!(usize::from(f[1]), body.len());
-        let v: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        let v = body(&envelope_frame("bench.a.0", 7, r#"{"ls":7}"#));
         assert_eq!(v["type"], "delta");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["payload"]["ls"], 7);
+        assert_eq!(v["meta"]["node"], "bench");
+        assert_eq!(v["epoch"].as_str().map(str::len), Some(10));
+        assert_eq!(v["ts"].as_str().map(str::len), Some(24), "{v}");
+        let short = body(&envelope_frame_as(
+            Envelope::Short,
+            "bench.a.0",
+            7,
+            r#"{"ls":7}"#,
+        ));
+        assert_eq!(short["seq"], 7);
+        assert!(short.get("ts").is_none() && short.get("meta").is_none());
+    }
+
+    #[test]
+    fn the_spec_envelope_is_as_long_as_the_nodes() {
+        // The node's envelope for the same publication under compare.py (node id
+        // "bench", a 10-character epoch, the ISO ts), as a client receives it.
+        let node = r#"{"type":"delta","topic":"bench.t","seq":1,"epoch":"hoow8p6fng","ts":"2026-12-02T02:00:24.135Z","payload":{"p":1},"meta":{"node":"bench"}}"#;
+        let f = envelope_frame("bench.t", 1, r#"{"p":1}"#);
+        let (len, _) = payload_length(&f).expect("header").expect("whole header");
+        assert_eq!(len, node.len());
     }
 
     #[test]
