@@ -289,6 +289,7 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         admission,
         device_type: client.device_type,
         client_version: client.client_version,
+        conn: accepted.clone(),
     });
     // The session runs as its own tracked task once hyper hands over the connection
     // (after this 101 goes out); if the upgrade fails, `start` is dropped and its
@@ -302,6 +303,10 @@ fn upgrade(u: Upgrade, topics: &[String], background: bool) -> Response {
         }
     });
     tokio::spawn(tracker.track_future(run));
+    // The 101 waits for the session's `connected` frame, to leave in one write.
+    if let Some(a) = &accepted {
+        a.hold_writes();
+    }
     switching_protocols(accept)
 }
 
@@ -327,6 +332,8 @@ struct Start {
     admission: Admission,
     device_type: Option<String>,
     client_version: Option<String>,
+    /// The connection, to release the held 101 before the first frame.
+    conn: Option<Accepted>,
 }
 
 impl Start {
@@ -343,7 +350,12 @@ impl Start {
             admission,
             device_type,
             client_version,
+            conn,
         } = self;
+        // The session's first write (`connected`) now carries the held 101 with it.
+        if let Some(c) = conn {
+            c.release_writes();
+        }
         let id = st.next_session_id();
         let info = Arc::new(
             SessionInfo::new(

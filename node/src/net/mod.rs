@@ -4,6 +4,7 @@
 
 mod cidr;
 mod client;
+mod hold;
 pub mod proxy;
 mod serve;
 

@@ -35,7 +35,10 @@ use tokio::{
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::proxy::{self, ProxyError};
+use super::{
+    hold::{HoldSwitch, Holding},
+    proxy::{self, ProxyError},
+};
 use crate::state::{Admission, AppState};
 
 /// What the router's handlers learn about the connection a request came on (a
@@ -47,21 +50,59 @@ pub struct Accepted {
     /// The client as the PROXY header gave it, else the TCP peer. `X-Forwarded-For`
     /// is weighed against this address (see `net::client_ip`).
     pub client: SocketAddr,
-    /// The connection's place under `SLUICE_MAX_CONNECTIONS`, until an upgrade
-    /// takes it for its session; released with the connection otherwise.
-    slot: Arc<Mutex<Option<Admission>>>,
+    /// The connection's place under `SLUICE_MAX_CONNECTIONS` and its write hold.
+    conn: Arc<Conn>,
+}
+
+/// What a connection's handlers and its IO share (one allocation per connection).
+#[derive(Debug)]
+struct Conn {
+    /// The place under `SLUICE_MAX_CONNECTIONS`, until an upgrade takes it for its
+    /// session; released with the connection otherwise.
+    slot: Mutex<Option<Admission>>,
+    /// Holds the upgrade's `101` for the session's first frame ([`super::hold`]).
+    hold: HoldSwitch,
+}
+
+impl Conn {
+    fn new(admission: Admission) -> Arc<Conn> {
+        Arc::new(Conn {
+            slot: Mutex::new(Some(admission)),
+            hold: HoldSwitch::default(),
+        })
+    }
+}
+
+/// The connection's shared part, as the IO wrapper holds it.
+struct ConnRef(Arc<Conn>);
+
+impl AsRef<HoldSwitch> for ConnRef {
+    fn as_ref(&self) -> &HoldSwitch {
+        &self.0.hold
+    }
 }
 
 impl Accepted {
     /// Takes the connection's admission, for a session to hold. `None` once taken.
     pub fn take_admission(&self) -> Option<Admission> {
-        self.slot.lock_unpoisoned().take()
+        self.conn.slot.lock_unpoisoned().take()
+    }
+
+    /// The response about to be written (an upgrade's `101`) is held until the
+    /// session's first write or flush, to leave with it.
+    pub fn hold_writes(&self) {
+        self.conn.hold.hold();
+    }
+
+    /// Ends [`Accepted::hold_writes`]: the next write sends the held bytes first.
+    pub fn release_writes(&self) {
+        self.conn.hold.release();
     }
 
     /// Returns an admission taken by an upgrade that was then refused, so the
     /// connection (which may carry more requests) still holds its place.
     pub fn give_back(&self, admission: Admission) {
-        *self.slot.lock_unpoisoned() = Some(admission);
+        *self.conn.slot.lock_unpoisoned() = Some(admission);
     }
 }
 
@@ -137,7 +178,7 @@ async fn connection(
         let accepted = Accepted {
             peer,
             client: peer,
-            slot: Arc::new(Mutex::new(Some(admission))),
+            conn: Conn::new(admission),
         };
         return http(stream, accepted, deadline, router, st).await;
     }
@@ -156,7 +197,7 @@ async fn connection(
     let accepted = Accepted {
         peer,
         client: source.unwrap_or(peer),
-        slot: Arc::new(Mutex::new(Some(admission))),
+        conn: Conn::new(admission),
     };
     let io = Rewind {
         pre: rest,
@@ -207,6 +248,7 @@ where
         return;
     }
     let peer = accepted.peer;
+    let io = Holding::new(io, ConnRef(accepted.conn.clone()));
     // Set when the first request's headers are complete (hyper calls the service).
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
