@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::mpsc,
 };
 
@@ -32,9 +32,19 @@ pub fn serve(bind: SocketAddr, threads: usize, envelope: Envelope) -> anyhow::Re
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(bind)
-            .await
+        // The same deep accept queue as the node's (`TcpListener::bind` asks for
+        // 1024): in a reconnect storm a short queue drops SYNs, and each dropped
+        // client waits a 1 s retransmit, which would measure the queue, not the server.
+        let socket = if bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket
+            .bind(bind)
             .with_context(|| format!("binding {bind}"))?;
+        let listener = socket.listen(65_535)?;
         eprintln!("baseline-server listening on {}", listener.local_addr()?);
         let subs: Subscribers = Arc::default();
         loop {

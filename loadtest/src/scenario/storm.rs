@@ -4,6 +4,13 @@
 //! all are back and caught up, the reconnect+resume rate, the Redis commands the
 //! storm caused (`INFO commandstats`, less what the publishes meanwhile explain),
 //! and the usual loss and duplicate accounting.
+//!
+//! With `--system baseline` it measures the ceiling the machine sets: two raw
+//! baseline servers each get every publication (they share nothing), the clients
+//! start on the first, it is killed, and they reconnect and subscribe on the
+//! second: the same connections, handshakes and live fan-out as Sluice's storm,
+//! without resume (what is published in the gap is lost, by design). Its
+//! `reconnect_resume_per_sec` is the rate Sluice's is compared with in one run.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
@@ -56,8 +63,10 @@ fn act(action: &Action) -> anyhow::Result<()> {
 }
 
 pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
-    if cfg.system != System::Sluice {
-        bail!("storm needs resume, which only --system sluice offers");
+    if !matches!(cfg.system, System::Sluice | System::Baseline) {
+        bail!(
+            "storm runs against --system sluice (resume) or baseline (the raw reconnect ceiling)"
+        );
     }
     ensure!(
         cfg.urls.len() >= 2,
@@ -82,8 +91,17 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         let _ = fleet.stop();
         return Err(e);
     }
-    let mut publisher =
-        Publish::connect(cfg.system, cfg.redis.as_deref(), &cfg.http, &cfg.urls[0]).await?;
+    // Sluice: one publisher (Redis or the first node's HTTP). Baseline: one per
+    // server, as they share nothing; the killed one's is dropped at the action.
+    let mut publishers = Vec::new();
+    let targets = if cfg.system == System::Baseline {
+        &cfg.urls[..]
+    } else {
+        &cfg.urls[..1]
+    };
+    for url in targets {
+        publishers.push(Publish::connect(cfg.system, cfg.redis.as_deref(), &cfg.http, url).await?);
+    }
     let redis = redis_stats_client(cfg.redis.as_deref()).await;
     let meter = CpuMeter::start(&cfg.server_pids, redis.as_ref()).await;
     // Redis commands: publishing alone until the action, then the storm on top.
@@ -116,6 +134,9 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
         if acted.is_none() && due.duration_since(start) >= opt.action_at {
             at_action = stats(redis.as_ref()).await;
             act(&opt.action)?;
+            if cfg.system == System::Baseline {
+                publishers.remove(0);
+            }
             let at = Instant::now();
             acted = Some((at, ok));
             eprintln!("storm: {:?} at seq {ok}", opt.action);
@@ -135,7 +156,13 @@ pub async fn run(cfg: &RunConfig, opt: StormOptions) -> anyhow::Result<Report> {
             },
             cfg.payload,
         );
-        match publisher.publish(&topics[t], &body).await {
+        let mut sent = Ok(());
+        for p in &mut publishers {
+            if let Err(e) = p.publish(&topics[t], &body).await {
+                sent = Err(e);
+            }
+        }
+        match sent {
             Ok(()) => {
                 ok += 1;
                 per_topic[t] += 1;
