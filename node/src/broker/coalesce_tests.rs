@@ -494,9 +494,16 @@ async fn follow_many_passes_the_topics_not_followed_yet_in_one_call_that_outlive
         [vec![ts[0].clone(), ts[2].clone()]],
         "one call, without the topic followed and caught up with already"
     );
-    assert_eq!(fake.follows.load(Ordering::SeqCst), 0, "no follow per topic");
+    assert_eq!(
+        fake.follows.load(Ordering::SeqCst),
+        0,
+        "no follow per topic"
+    );
     assert_eq!(fake.heads.load(Ordering::SeqCst), 0);
-    assert!(fake.history_calls().is_empty(), "nothing read for a pattern");
+    assert!(
+        fake.history_calls().is_empty(),
+        "nothing read for a pattern"
+    );
     // Every topic followed already: no call, and no wait for the store.
     lock(&fake.local_topics).extend([ts[0].clone(), ts[2].clone()]);
     let held = fake.gate.write().await;

@@ -76,13 +76,7 @@ fn t(name: &str) -> Topic {
 
 /// A session on `state` over a [`Recorder`], not running: the tests call its
 /// delivery directly.
-fn session(
-    state: &Arc<AppState>,
-) -> (
-    Session<Recorder>,
-    Log,
-    mpsc::UnboundedSender<Message>,
-) {
+fn session(state: &Arc<AppState>) -> (Session<Recorder>, Log, mpsc::UnboundedSender<Message>) {
     let (to_session, incoming) = mpsc::unbounded_channel();
     let log = Log::default();
     let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, 1024));
@@ -120,7 +114,11 @@ async fn history_of(state: &AppState, topic: &Topic, n: u64) -> Vec<Pub> {
             .await
             .expect("publish");
     }
-    let h = state.broker.history(topic, 1, n as usize).await.expect("history");
+    let h = state
+        .broker
+        .history(topic, 1, n as usize)
+        .await
+        .expect("history");
     assert_eq!(h.len() as u64, n);
     h
 }
@@ -211,7 +209,8 @@ async fn a_burst_keeps_its_order_when_publications_fall_back_to_the_general_path
     s.subs.insert(a.clone(), at(&ea, 0));
     s.subs.insert(b.clone(), at(&eb, 0));
     let newer: Arc<str> = NEWER.into();
-    let a_new = |seq: u64| Publication::new(a.clone(), seq, newer.clone(), FrameType::Delta, 0, "{}");
+    let a_new =
+        |seq: u64| Publication::new(a.clone(), seq, newer.clone(), FrameType::Delta, 0, "{}");
     let burst: Vec<Pub> = vec![
         ha[0].clone(), // A1 fast
         ha[1].clone(), // A2 fast
@@ -258,7 +257,11 @@ async fn a_wildcard_or_background_mode_sends_the_whole_burst_the_general_way() {
     )]));
     s.deliver_burst(h.clone()).await.expect("burst");
     let twice: Vec<String> = h.iter().flat_map(|p| [tag(p), tag(p)]).collect();
-    assert_eq!(frames(&log), twice, "the pattern's copy, then the subscription's");
+    assert_eq!(
+        frames(&log),
+        twice,
+        "the pattern's copy, then the subscription's"
+    );
 
     let (mut s, log, _to) = session(&state);
     s.subs.insert(a.clone(), at(&epoch, 0));

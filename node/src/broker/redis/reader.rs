@@ -249,7 +249,11 @@ impl Live {
     }
 
     async fn follow_batch(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        let todo: Vec<Topic> = topics.iter().filter(|t| self.register(t)).cloned().collect();
+        let todo: Vec<Topic> = topics
+            .iter()
+            .filter(|t| self.register(t))
+            .cloned()
+            .collect();
         if todo.is_empty() {
             return Ok(());
         }
