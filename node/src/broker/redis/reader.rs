@@ -238,9 +238,10 @@ impl Live {
     /// per batch of [`FOLLOW_BATCH`], subscribes to every channel, then reads every
     /// position in one pipeline ([`Live::read_positions`]; no stream read, so the
     /// tails start empty), hands them all to the reader and waits for the batch's
-    /// arming. The `SSUBSCRIBE`s stay one command per topic: fred never pipelines
-    /// them (their answers are pushes) and takes one answer for a command naming
-    /// many channels, which on Cluster must share a slot anyway.
+    /// arming. The `SSUBSCRIBE`s stay one command per topic, issued together:
+    /// fred matches one answer per command, so a command naming many channels
+    /// (which on Cluster would have to share a slot anyway) would leave the other
+    /// answers to be taken for later commands' (fred 10.1).
     pub(super) async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         for batch in topics.chunks(FOLLOW_BATCH) {
             self.follow_batch(batch).await?;
