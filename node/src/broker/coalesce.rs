@@ -368,6 +368,41 @@ impl Broker for Coalescing {
         .await
     }
 
+    /// The topics not followed yet go to the inner broker in one call (its
+    /// batches), in a task of its own: a wildcard join that is cancelled (its
+    /// session closed) leaves no topic half armed. Topics the inner broker follows
+    /// and is caught up with are left out, as in [`Coalescing::follow`]. Not joined
+    /// with concurrent follows of the same topics: arming twice is harmless, and a
+    /// wildcard join is rare (once per pattern subscribe).
+    async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        let todo: Vec<Topic> = topics
+            .iter()
+            .filter(|t| self.inner.local_head(t).is_none())
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let (inner, unfollows) = (self.inner.clone(), self.unfollows.clone());
+        let task = tokio::spawn(async move {
+            let seen = unfollows.load(Ordering::Acquire);
+            let r = inner.follow_many(&todo).await;
+            // As in `follow`: an unfollow meanwhile may have run before these
+            // topics were armed; the broker re-checks the hub for each.
+            if unfollows.load(Ordering::Acquire) != seen {
+                for t in &todo {
+                    inner.unfollow(t);
+                }
+            }
+            r
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(BrokerError::Unavailable(format!(
+                "following topics failed: {e}"
+            )))
+        })
+    }
+
     fn unfollow(&self, topic: &Topic) {
         self.unfollows.fetch_add(1, Ordering::AcqRel);
         self.inner.unfollow(topic);

@@ -28,6 +28,11 @@ struct Fake {
     head_seq: AtomicU64,
     /// The first seq the fake holds in memory (0: none, and it follows nothing).
     local_from: AtomicU64,
+    /// Topics followed and caught up with, besides every topic when `local_from`
+    /// is set.
+    local_topics: Mutex<Vec<Topic>>,
+    /// The topics of each `follow_many` call.
+    many: Mutex<Vec<Vec<Topic>>>,
 }
 
 impl Fake {
@@ -98,12 +103,17 @@ impl Broker for Fake {
         self.pass().await
     }
 
+    async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        lock(&self.many).push(topics.to_vec());
+        self.pass().await
+    }
+
     fn unfollow(&self, _topic: &Topic) {
         self.unfollows.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn local_head(&self, _topic: &Topic) -> Option<StreamPosition> {
-        (self.local_from.load(Ordering::SeqCst) > 0)
+    fn local_head(&self, topic: &Topic) -> Option<StreamPosition> {
+        (self.local_from.load(Ordering::SeqCst) > 0 || lock(&self.local_topics).contains(topic))
             .then(|| StreamPosition::new(self.head_seq.load(Ordering::SeqCst), EPOCH))
     }
 
@@ -470,4 +480,51 @@ async fn what_the_inner_broker_holds_in_memory_skips_the_single_flight_and_the_s
     fake.local_from.store(0, Ordering::SeqCst);
     c.follow(&t).await.unwrap();
     assert_eq!(fake.follows.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn follow_many_passes_the_topics_not_followed_yet_in_one_call_that_outlives_its_caller() {
+    let fake = Fake::with_head(3);
+    let c = Arc::new(Coalescing::new(fake.clone()));
+    let ts = [topic("w.a"), topic("w.b"), topic("w.c")];
+    lock(&fake.local_topics).push(ts[1].clone());
+    c.follow_many(&ts).await.expect("follow_many");
+    assert_eq!(
+        *lock(&fake.many),
+        [vec![ts[0].clone(), ts[2].clone()]],
+        "one call, without the topic followed and caught up with already"
+    );
+    assert_eq!(
+        fake.follows.load(Ordering::SeqCst),
+        0,
+        "no follow per topic"
+    );
+    assert_eq!(fake.heads.load(Ordering::SeqCst), 0);
+    assert!(
+        fake.history_calls().is_empty(),
+        "nothing read for a pattern"
+    );
+    // Every topic followed already: no call, and no wait for the store.
+    lock(&fake.local_topics).extend([ts[0].clone(), ts[2].clone()]);
+    let held = fake.gate.write().await;
+    at_once(c.follow_many(&ts), "follow_many").await.unwrap();
+    at_once(c.follow_many(&[]), "follow_many").await.unwrap();
+    assert_eq!(lock(&fake.many).len(), 1);
+    // A caller cancelled mid-way (its session closed and left the hub): the call
+    // runs to its end, and the unfollow that came meanwhile is repeated for each
+    // topic (the broker re-checks the hub for each).
+    lock(&fake.local_topics).clear();
+    assert!(c.follow_many(&ts).now_or_never().is_none());
+    until(|| lock(&fake.many).len() == 2).await;
+    c.unfollow(&ts[0]);
+    assert_eq!(fake.unfollows.load(Ordering::SeqCst), 1);
+    drop(held);
+    until(|| fake.unfollows.load(Ordering::SeqCst) == 1 + ts.len()).await;
+    assert_eq!(lock(&fake.many)[1], ts.to_vec());
+    // An error reaches the caller.
+    *lock(&fake.fail) = Some("down".into());
+    assert!(matches!(
+        c.follow_many(&ts).await,
+        Err(BrokerError::Unavailable(e)) if e == "down"
+    ));
 }

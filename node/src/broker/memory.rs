@@ -234,6 +234,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn follow_many(&self, _topics: &[Topic]) -> Result<(), BrokerError> {
+        // As `follow`: publishes reach the sink directly, and the history a resume
+        // reads is the topic's own log, never a partial copy.
+        Ok(())
+    }
+
     fn unfollow(&self, _topic: &Topic) {}
 
     fn discovers_topics(&self) -> bool {
@@ -411,6 +417,55 @@ mod tests {
         let again = b.publish(req(&t, "3", None)).await.unwrap();
         assert_eq!(again.seq, 1);
         assert_ne!(again.epoch, first.epoch);
+    }
+
+    /// A wildcard's follow of many topics: each topic's next publication reaches
+    /// the hub once, in order, and nothing the topics published before is handed
+    /// out again; history reads still answer from the topic's own log (there is no
+    /// partial tail to answer wrongly).
+    #[tokio::test]
+    async fn follow_many_delivers_each_topics_next_publications_once_and_keeps_history_whole() {
+        let hub = Arc::new(crate::hub::Hub::new(Arc::new(Metrics::new()), usize::MAX));
+        let b = MemoryBroker::new(
+            hub.clone(),
+            Origin::new("mem-1"),
+            10,
+            Duration::from_secs(60),
+        );
+        let topics: Vec<Topic> = (0..5)
+            .map(|i| Topic::parse(&format!("w.{i}")).unwrap())
+            .collect();
+        for t in &topics {
+            b.publish(req(t, "1", None)).await.unwrap();
+            b.publish(req(t, "2", None)).await.unwrap();
+        }
+        let mailbox = Arc::new(crate::hub::Mailbox::new(64));
+        for t in &topics {
+            hub.join(t, 1, mailbox.clone()).await.unwrap();
+        }
+        b.follow_many(&topics).await.unwrap();
+        b.follow_many(&topics[..2]).await.unwrap();
+        b.follow_many(&[]).await.unwrap();
+        assert!(mailbox.try_recv().is_none(), "nothing old is handed out");
+        for seq in 3..=4 {
+            for t in &topics {
+                b.publish(req(t, "{}", None)).await.unwrap();
+                assert_eq!(b.head(t).await.unwrap().map(|p| p.seq), Some(seq));
+            }
+        }
+        let mut got = Vec::new();
+        while let Some(p) = mailbox.try_recv() {
+            got.push((p.topic.as_str().to_owned(), p.seq));
+        }
+        let want: Vec<(String, u64)> = (3..=4)
+            .flat_map(|seq| topics.iter().map(move |t| (t.as_str().to_owned(), seq)))
+            .collect();
+        assert_eq!(got, want, "each publication once, in publish order");
+        for t in &topics {
+            assert!(b.local_head(t).is_none() && b.local_history(t, 1, 10).is_none());
+            let h = b.history(t, 1, 10).await.unwrap();
+            assert_eq!(h.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Two implementations with the same semantics: [`memory::MemoryBroker`] (embedded,
 //! one node) and the Redis broker (shared by every node). Sessions rely on:
 //! per topic, seqs start at 1 and grow by exactly one within an epoch; `history`
-//! returns publications of the current epoch only; `follow` returns once live
-//! publications of the topic flow into the hub.
+//! returns publications of the current epoch only; `follow` (and `follow_many`)
+//! returns once live publications of the topic flow into the hub.
 
 pub mod coalesce;
 pub mod memory;
@@ -121,6 +121,23 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// This node has local subscribers for `topic`: from now on, publications of the
     /// topic reach the hub. Idempotent; returns once live delivery is armed.
     async fn follow(&self, topic: &Topic) -> Result<(), BrokerError>;
+
+    /// Follows many topics at once, for a wildcard joined over existing topics
+    /// (SPEC §3: a pattern gets live messages only, no snapshot and no resume).
+    /// Like [`Broker::follow`], each topic's position is read after its live
+    /// delivery is subscribed, so the live path tells the next seq from a gap;
+    /// unlike it, no history is read: a topic's in-memory tail starts empty and
+    /// fills from live messages and from the first history read of a concrete
+    /// resume, so it answers a resume only once it holds the resume's whole range
+    /// ([`Broker::local_history`] stays `None` until then). A broker does it in
+    /// batches, not one round trip per topic. Idempotent; returns once live
+    /// delivery of every topic is armed.
+    async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        for topic in topics {
+            self.follow(topic).await?;
+        }
+        Ok(())
+    }
 
     /// Like [`Broker::follow`] for a topic announced as starting `epoch`: live
     /// delivery starts at the epoch's first seq, whatever was published before

@@ -8,6 +8,12 @@
 //! lookup as for a concrete subscription and never looks at wildcards. The
 //! [`FilterTrie`] is consulted only when a topic is announced.
 //!
+//! A pattern is owed live messages only (SPEC §3), so the existing matches are
+//! followed with one [`crate::broker::Broker::follow_many`]: the broker arms them
+//! in batches from their positions and reads no history for them (on Redis one
+//! pipeline of `HMGET`s per batch instead of one `MULTI HMGET XREVRANGE EXEC`
+//! per topic, one after another).
+//!
 //! Topics followed for wildcards count toward `SLUICE_MAX_TOPICS` like any other:
 //! a wildcard whose existing matches would pass the limit is refused whole; a
 //! topic announced once the limit is reached is not followed for wildcards (logged
@@ -70,11 +76,11 @@ impl Hub {
                 }
             }
         }
-        for topic in &follow {
-            if let Err(e) = broker.follow(topic).await {
-                self.leave_filter(filter, id);
-                return Err(JoinError::Broker(e));
-            }
+        // Live only (SPEC §3: no snapshot, no resume for a pattern), so the broker
+        // follows them all at once, in batches, without reading their history.
+        if let Err(e) = broker.follow_many(&follow).await {
+            self.leave_filter(filter, id);
+            return Err(JoinError::Broker(e));
         }
         Ok(self.filter_topics(filter, id))
     }

@@ -328,6 +328,9 @@ async fn in_background_mode_an_alert_is_not_conflated_or_held_for_the_tick() {
 #[path = "snapshot_reads_tests.rs"]
 mod snapshot_reads;
 
+#[path = "fast_tests.rs"]
+mod fast;
+
 /// Over the project's own WebSocket (`ws::WsSocket`): a client that reads nothing
 /// fills the connection, the session's write waits, and the write deadline ends the
 /// session as a slow consumer (the mailbox, far bigger, never fills).

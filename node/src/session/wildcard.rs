@@ -38,6 +38,18 @@ pub(crate) struct PatternSub {
 pub(crate) type Patterns = Option<Box<Vec<PatternSub>>>;
 
 impl PatternSub {
+    /// A held wildcard with default frames that delivered nothing yet (the
+    /// session tests hold one without the hub's join).
+    #[cfg(test)]
+    pub(super) fn new_for_tests(filter: TopicFilter) -> Self {
+        PatternSub {
+            filter,
+            opts: FrameOptions::default(),
+            last: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
     /// Whether `p` is new to this subscription (not a seq it delivered already).
     fn is_new(&self, p: &Pub) -> bool {
         match self.last.get(&p.topic) {

@@ -370,6 +370,10 @@ impl Broker for RedisBroker {
         self.live.follow(topic).await
     }
 
+    async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        self.live.follow_many(topics).await
+    }
+
     async fn follow_new(&self, topic: &Topic, epoch: &str) -> Result<(), BrokerError> {
         self.live.follow_from(topic, Some(epoch.into())).await
     }

@@ -52,6 +52,10 @@ use crate::{
 const ARM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Catch-up reads of many topics (after a reconnect) run this many at a time.
 const CATCH_UP_CONCURRENCY: usize = 64;
+/// Topics a wildcard's follow subscribes to and reads the positions of per batch
+/// ([`Live::follow_many`]): one pipeline of this many `HMGET`s (a few kB) per
+/// round trip, and the arming waits per batch, not per topic.
+pub(super) const FOLLOW_BATCH: usize = 256;
 /// Live messages of a topic kept while its position is being read; beyond that
 /// the arming reads the stream instead.
 const EARLY_MAX: usize = 1_024;
@@ -152,26 +156,8 @@ impl Live {
         topic: &Topic,
         start: Option<Arc<str>>,
     ) -> Result<(), BrokerError> {
-        {
-            let mut m = self.lock();
-            match m.get(topic) {
-                Some(f) if f.armed => return Ok(()),
-                Some(_) => {} // another follow is arming it; arming again is harmless
-                None => {
-                    m.insert(
-                        topic.clone(),
-                        Followed {
-                            tail: Tail::new(self.tail_size),
-                            armed: false,
-                            early: Vec::new(),
-                            read_on_arm: false,
-                            stale: false,
-                            owner: None,
-                            fork: None,
-                        },
-                    );
-                }
-            }
+        if !self.register(topic) {
+            return Ok(());
         }
         {
             let _order = self.subscribing.lock().await;
@@ -219,6 +205,106 @@ impl Live {
         }
         if tokio::time::timeout(ARM_TIMEOUT, armed).await.is_err() {
             debug!(%topic, "live reader did not confirm the new topic in time");
+        }
+        Ok(())
+    }
+
+    /// Records `topic` as followed (not armed yet) if it is not; `false` when it
+    /// is armed already (nothing to do). One being armed by another follow is
+    /// armed again, which is harmless.
+    fn register(&self, topic: &Topic) -> bool {
+        let mut m = self.lock();
+        match m.get(topic) {
+            Some(f) => !f.armed,
+            None => {
+                m.insert(
+                    topic.clone(),
+                    Followed {
+                        tail: Tail::new(self.tail_size),
+                        armed: false,
+                        early: Vec::new(),
+                        read_on_arm: false,
+                        stale: false,
+                        owner: None,
+                        fork: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Follows many topics for a wildcard ([`crate::broker::Broker::follow_many`]):
+    /// per batch of [`FOLLOW_BATCH`], subscribes to every channel, then reads every
+    /// position in one pipeline ([`Live::read_positions`]; no stream read, so the
+    /// tails start empty), hands them all to the reader and waits for the batch's
+    /// arming. The `SSUBSCRIBE`s stay one command per topic, issued together:
+    /// fred matches one answer per command, so a command naming many channels
+    /// (which on Cluster would have to share a slot anyway) would leave the other
+    /// answers to be taken for later commands' (fred 10.1).
+    pub(super) async fn follow_many(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        for batch in topics.chunks(FOLLOW_BATCH) {
+            self.follow_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow_batch(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        let todo: Vec<Topic> = topics
+            .iter()
+            .filter(|t| self.register(t))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        {
+            let _order = self.subscribing.lock().await;
+            {
+                let mut m = self.lock();
+                for topic in &todo {
+                    let owner = self.owner_of(topic);
+                    if let Some(f) = m.get_mut(topic) {
+                        f.owner = owner;
+                    }
+                }
+            }
+            let subs = futures_util::future::join_all(
+                todo.iter()
+                    .map(|t| self.subscriber.ssubscribe(keys::live(t.as_str()))),
+            );
+            match tokio::time::timeout(ARM_TIMEOUT, subs).await {
+                Ok(results) => {
+                    if let Some(e) = results.into_iter().find_map(Result::err) {
+                        return Err(unavailable("subscribing to the topics", e.details()));
+                    }
+                }
+                Err(_) => return Err(unavailable("subscribing to the topics", "timed out")),
+            }
+        }
+        // Read after every subscription took effect, as in `follow_from`.
+        let positions = self.read_positions(&todo).await?;
+        let mut armed = Vec::with_capacity(todo.len());
+        for (topic, position) in todo.into_iter().zip(positions) {
+            let (done, wait) = oneshot::channel();
+            let arm = Arm {
+                topic,
+                head: position.head,
+                epoch: position.epoch.map(Arc::from),
+                read: false,
+                fill: Vec::new(),
+                done,
+            };
+            if self.arm_tx.send(arm).is_err() {
+                return Err(BrokerError::Unavailable(
+                    "the live reader has stopped".into(),
+                ));
+            }
+            armed.push(wait);
+        }
+        let all = futures_util::future::join_all(armed);
+        if tokio::time::timeout(ARM_TIMEOUT, all).await.is_err() {
+            debug!("live reader did not confirm a wildcard's topics in time");
         }
         Ok(())
     }

@@ -8,6 +8,14 @@
 //! messages published before it are in the fill (and dropped as seen when they
 //! arrive on the channel), those published after it arrive on the channel (the
 //! subscription was made first) and continue the tail. Nothing falls between.
+//!
+//! A wildcard's follow of many topics ([`Live::follow_many`]) reads positions
+//! only ([`Live::read_positions`], one pipeline of `HMGET`s per batch): a pattern
+//! is owed live messages, not history (SPEC §3), and ten thousand `XREVRANGE`s of
+//! up to [`super::super::tail::TAIL_SIZE`] entries would be read for no one. Those
+//! tails start empty at the position read; an empty or short tail answers no
+//! resume it does not hold whole (`Tail::read`), so the first resume of such a
+//! topic reads Redis, and its page joins the tail (`Tail::backfill`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -26,6 +34,12 @@ use crate::{
 
 /// What a stream read returns: `(id, fields)` per entry.
 pub(super) type Entries = Vec<(String, HashMap<String, Bytes>)>;
+
+/// The meta fields a position is read from: the seq, the epoch it counts in, and
+/// where a continuation epoch came from.
+const FIELDS: [&str; 4] = ["seq", "epoch", "par", "fork"];
+/// What `HMGET` of [`FIELDS`] answers.
+type Position = (Option<u64>, Option<String>, Option<String>, Option<u64>);
 
 /// A topic's position (seq, epoch; `None` for a topic with no epoch) and its
 /// newest entries, newest first as `XREVRANGE` returns them.
@@ -46,8 +60,6 @@ impl Live {
         let failed =
             |e: fred::error::Error| unavailable("reading the topic's position", e.details());
         let client = self.pool.next();
-        const FIELDS: [&str; 4] = ["seq", "epoch", "par", "fork"];
-        type Position = (Option<u64>, Option<String>, Option<String>, Option<u64>);
         let ((head, epoch, parent, at), newest_first): (Position, Entries) = if self.tail_size == 0
         {
             (
@@ -68,8 +80,51 @@ impl Live {
                 .map_err(failed)?;
             tx.exec(true).await.map_err(failed)?
         };
+        Ok(self.position_read(topic, (head, epoch, parent, at), newest_first))
+    }
+
+    /// The positions of many topics (a wildcard's follow): one pipeline of `HMGET`s
+    /// per call, one round trip (per master on Cluster, where fred sends each
+    /// command to its slot's master), and no stream read: the tails start empty.
+    /// In the order of `topics`.
+    pub(super) async fn read_positions(
+        &self,
+        topics: &[Topic],
+    ) -> Result<Vec<Filled>, BrokerError> {
+        let failed =
+            |e: fred::error::Error| unavailable("reading the topics' positions", e.details());
+        let pipeline = self.pool.next().pipeline();
+        for topic in topics {
+            let _: () = pipeline
+                .hmget(keys::meta(topic.as_str()), FIELDS.to_vec())
+                .await
+                .map_err(failed)?;
+        }
+        // One answer per command, each converted on its own.
+        let read: Vec<Position> = pipeline
+            .try_all::<Position>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(failed)?;
+        if read.len() != topics.len() {
+            return Err(unavailable(
+                "reading the topics' positions",
+                format!("{} answers for {} topics", read.len(), topics.len()),
+            ));
+        }
+        Ok(topics
+            .iter()
+            .zip(read)
+            .map(|(topic, position)| self.position_read(topic, position, Vec::new()))
+            .collect())
+    }
+
+    /// A position as read from the meta hash (`HMGET` of [`FIELDS`]), learning a
+    /// continuation epoch's origin on the way (kept for resumes from its parent).
+    fn position_read(&self, topic: &Topic, read: Position, newest_first: Entries) -> Filled {
+        let (head, epoch, parent, at) = read;
         let epoch = epoch.filter(|e| !e.is_empty());
-        // A continuation epoch's origin, kept for resumes from its parent.
         if let (Some(e), Some(parent), Some(at)) = (&epoch, parent, at) {
             self.learn_fork(
                 topic,
@@ -80,7 +135,7 @@ impl Live {
                 },
             );
         }
-        Ok(Filled {
+        Filled {
             head: if epoch.is_some() {
                 head.unwrap_or(0)
             } else {
@@ -88,7 +143,7 @@ impl Live {
             },
             epoch,
             newest_first,
-        })
+        }
     }
 }
 
