@@ -261,10 +261,18 @@ where
         tokio::pin!(timer);
         loop {
             let wake = poll_fn(|cx| self.poll_wake(cx, &deadlines, timer.as_mut())).await;
+            let was_background = self.background;
             match self.dispatch(wake, &mut deadlines) {
                 Step::Continue => {}
                 Step::Run(handler) => handler.await?,
                 Step::End(end) => return end,
+            }
+            if self.background && !was_background {
+                // Entering background mode (a `background_mode` frame): the first
+                // conflated flush is one period away, not due at once because the
+                // deadline still held the session's start (that made it race the
+                // first publications).
+                deadlines.conflate = Instant::now() + self.ctx.config.conflate;
             }
         }
     }
@@ -292,7 +300,13 @@ where
                 Step::Run(Box::pin(self.heartbeat()))
             }
             Wake::Due(Due::Conflate) => {
+                // One flush for however many periods passed (a busy session, or one
+                // that started in the foreground long ago), then the next period.
+                let now = Instant::now();
                 deadlines.conflate += cfg.conflate;
+                if deadlines.conflate <= now {
+                    deadlines.conflate = now + cfg.conflate;
+                }
                 Step::Run(Box::pin(self.on_conflate()))
             }
             Wake::Due(Due::Idle) => Step::End(Err(SessionEnd::IdleTimeout)),

@@ -325,6 +325,39 @@ async fn in_background_mode_an_alert_is_not_conflated_or_held_for_the_tick() {
     );
 }
 
+/// Entering background mode a while after the session started: the first conflated
+/// flush is one whole period after the `background_mode` frame. (The deadline used
+/// to still hold the session's start, so a tick fell at once or part-way into the
+/// first period, racing the first publications: a flaky wildcard test showed it.)
+#[tokio::test(start_paused = true)]
+async fn entering_background_mode_later_waits_one_whole_period_for_the_first_flush() {
+    use sluice_common::publisher::PublishKind::Delta;
+    let mut h = start(app(|c| {
+        c.conflate = Duration::from_secs(10);
+        c.heartbeat_interval = Duration::from_secs(3600);
+    }));
+    assert_eq!(h.next_json().await["type"], "connected");
+    h.send(json!({"type": "subscribe", "topic": "prices.A"}));
+    assert_eq!(h.next_json().await["type"], "ack");
+    // 5 s into the session (half a period), the client goes to the background.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.send(json!({"type": "background_mode", "enabled": true}));
+    let ack = h.next_json().await;
+    assert_eq!(ack["payload"]["background_mode"], true, "{ack}");
+    let entered = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for i in 1..=3 {
+        publish(&h, "prices.A", Delta, &i.to_string()).await;
+    }
+    let v = h.next_json().await;
+    assert_eq!(tag(&v), "delta/prices.A/3", "only the newest, conflated");
+    let waited = entered.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "the first flush one period after entering, not at the session's tick: {waited:?}"
+    );
+}
+
 #[path = "snapshot_reads_tests.rs"]
 mod snapshot_reads;
 
