@@ -162,6 +162,15 @@ pub fn encode_publication(
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    // Topics and epochs are plain ASCII by construction; escape anyway, it is cheap.
-    out.push_str(&Value::String(s.to_owned()).to_string());
+    // Topics and epochs are plain ASCII by construction: written as they are unless
+    // a byte needs escaping, which serde_json then does.
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(s.to_owned()).to_string());
+    }
 }

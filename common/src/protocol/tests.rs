@@ -192,6 +192,21 @@ fn publication_encoding_is_valid_json_with_raw_payload() {
     assert!(!text.contains("correlation_id"));
 }
 
+#[test]
+fn publication_encoding_escapes_what_json_needs_escaped_in_topic_and_epoch() {
+    for (topic, epoch) in [
+        ("a\"b", "e\\1"),
+        ("tab\there", "nl\n"),
+        ("ünï.côdé", "\u{1}"),
+        ("plain.topic", "e7f1c2"),
+    ] {
+        let text = encode_publication(FrameType::Delta, topic, 1, epoch, 0, "1", "{}");
+        let f: ServerFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(f.topic.as_deref(), Some(topic), "{text}");
+        assert_eq!(f.epoch.as_deref(), Some(epoch), "{text}");
+    }
+}
+
 fn json_leaf() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
