@@ -13,7 +13,7 @@
 # commandstats are read around the publishing window (`topics --redis-info`).
 # Writes one JSON per run into OUT_DIR and prints a summary.
 # Knobs: RUNS (2), CLIENTS (5000), TOPICS (1000), RATE (5000), DURATION (10s),
-# HIGH_RATE (20000), NODES ("0 1 2 4").
+# HIGH_RATE (20000), NODES ("0 1 2 4"), HIGH_ONLY (1: only the 20k publishes/s runs).
 set -euo pipefail
 
 node_bin=$(realpath "${1:?sluice binary}")
@@ -135,6 +135,7 @@ run warm-single single 0 "$rate" 1
 run warm-cluster cluster 0 "$rate" 1
 rm -f "$out"/warm-*.json
 for k in $(seq 1 "$runs"); do
+    [[ "${HIGH_ONLY:-0}" == 1 ]] && break
     for n in $node_counts; do
         for topo in single cluster; do
             run "topics-$topo-n$n-r$k" "$topo" "$n" "$rate" 1

@@ -7,6 +7,10 @@
 #
 #   loadtest/bench-storm.sh OUT_DIR RUNS NAME=NODE_BINARY [NAME=NODE_BINARY…]
 #   e.g. loadtest/bench-storm.sh /tmp/storm 3 before=/tmp/sluice-before after=target/release/sluice
+# NAME=baseline runs the raw baseline instead (two `baseline-server`s, both given
+# every publication, clients moving from the killed one to the other without
+# resume): the machine's reconnect ceiling under the same live fan-out, the peer the
+# resume rate is compared with in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$1"; runs="$2"; shift 2
@@ -33,6 +37,13 @@ node() { # node BINARY PORT -> pid
     for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$2/ready" >/dev/null 2>&1 && break; sleep 0.1; done
     echo "$pid"
 }
+raw() { # raw PORT -> pid of a baseline server
+    "$lt" baseline-server --bind "127.0.0.1:$1" >>"$out/baseline-$1.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && break; sleep 0.1; done
+    echo "$pid"
+}
 stop() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 last_json() { grep '^{' | tail -1; }
 
@@ -43,8 +54,12 @@ for r in $(seq "$runs"); do
             name=${spec%%=*} bin=${spec#*=}
             echo "== storm $shape, $name, run $r" >&2
             redis-cli -p $redis_port flushall >/dev/null
-            a=$(node "$bin" 18091); b=$(node "$bin" 18092)
-            $lt storm --url ws://127.0.0.1:18091/ws --url ws://127.0.0.1:18092/ws --redis "$redis" \
+            if [[ "$bin" == baseline ]]; then
+                a=$(raw 18091); b=$(raw 18092) system=(--system baseline)
+            else
+                a=$(node "$bin" 18091); b=$(node "$bin" 18092) system=(--redis "$redis")
+            fi
+            $lt storm --url ws://127.0.0.1:18091/ws --url ws://127.0.0.1:18092/ws "${system[@]}" \
                 --clients "$clients" --topics "$topics" --rate 20 --duration 12s --action-at 4s \
                 --kill-pid "$a" --drain 20s --server-pid "$b" --json --quiet \
                 | last_json >"$out/storm-$shape-$name-$r.json"
@@ -75,5 +90,13 @@ for shape in ["2000x20", "5000x1"]:
             s[k] = [statistics.median(vals), min(vals), max(vals)] if vals else None
         summary[f"{shape} {name}"] = s
         print(shape, name, json.dumps(s))
+    base = summary.get(f"{shape} baseline", {}).get("reconnect_resume_per_sec")
+    for name in names:
+        mine = summary[f"{shape} {name}"].get("reconnect_resume_per_sec")
+        if base and mine and name != "baseline":
+            ratio = mine[0] / base[0]
+            summary[f"{shape} {name}"]["resume_rate_vs_baseline"] = round(ratio, 2)
+            print(f"{shape} {name}: {mine[0]:.0f} resumes/s against the raw baseline's "
+                  f"{base[0]:.0f} reconnects/s: {ratio:.2f}x")
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 PY
