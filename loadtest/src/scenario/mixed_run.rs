@@ -1,5 +1,6 @@
 //! The `mixed` run: connects the planned clients (each with its own token), has
-//! one engine connection publish the mix on a constant-rate schedule, and times
+//! two engine connections publish the mix on a constant-rate schedule
+//! (`mixed_publish.rs`), and times
 //! deltas and alerts per class. See `mixed.rs` for the plan and the accounting.
 
 use std::{
@@ -11,20 +12,20 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use fred::interfaces::FunctionInterface;
 use serde_json::json;
-use sluice_common::publisher::{Publisher, PUBLISH_FUNCTION};
-use tokio::sync::mpsc;
+use sluice_common::publisher::Publisher;
 use tokio_util::sync::CancellationToken;
 
-use super::mixed::{account, mint, Class, ClientSpec, ConnTally, Picker, Plan, TopicKind};
+use super::{
+    mixed::{account, mint, Class, ClientSpec, ConnTally, Plan},
+    mixed_publish::publish,
+};
 use crate::{
     accounting::{Seen, SeqTracker},
     latency::Latencies,
-    payload::{self, Stamp},
+    payload,
     report::Report,
     run::{run_id, CpuMeter, RunConfig},
-    schedule::RateSchedule,
     target::close_code,
     ws::{Op, WsConn},
 };
@@ -48,15 +49,6 @@ pub struct MixedOptions {
 struct Timings {
     deltas: [Mutex<Latencies>; 4],
     alerts: Mutex<Latencies>,
-}
-
-/// The first stage of every message, apart: from its scheduled time to the
-/// engine's pipeline getting Redis's answer (the publish is done), deltas and
-/// alerts apart. What the clients measure beyond it is Redis to node to socket.
-#[derive(Debug, Default)]
-struct PublishTimings {
-    deltas: Latencies,
-    alerts: Latencies,
 }
 
 fn class_index(c: Class) -> usize {
@@ -131,7 +123,9 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
         let why = live.first_error.lock().ok().and_then(|e| e.clone());
         bail!("no client could subscribe: {}", why.unwrap_or_default());
     }
+    // The market/trading engine's connection and the risk engine's.
     let publisher = Publisher::connect(redis, 1).await?;
+    let risk_engine = Publisher::connect(redis, 1).await?;
     tokio::time::sleep(cfg.settle).await;
     let meter = CpuMeter::start(&cfg.server_pids, None).await;
 
@@ -139,8 +133,15 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
     let ns = |t: Instant| t.duration_since(live.origin).as_nanos() as u64;
     live.window_start_ns.store(ns(start), Relaxed);
     live.window_end_ns.store(ns(start + cfg.duration), Relaxed);
-    let (ok, errors, first_publish_error, acked) =
-        publish(cfg, &opt, &plan, &publisher, start, live.origin).await?;
+    let (ok, errors, first_publish_error, acked) = publish(
+        cfg,
+        &opt,
+        &plan,
+        [&publisher, &risk_engine],
+        start,
+        live.origin,
+    )
+    .await?;
     let (cpu, _) = meter.finish(&cfg.server_pids, None).await;
 
     // Drain: until every foreground delivery owed arrived (or the drain time is up),
@@ -240,109 +241,6 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
     );
     e.insert("subscriptions".into(), subs.iter().sum::<u64>().into());
     Ok(report)
-}
-
-/// Publishes the mix for `cfg.duration` at `cfg.rate`, pipelined per batch on one
-/// connection (each topic's publishes in schedule order). Returns successful
-/// publishes per topic, the error count, the first error and the publish stage's
-/// timings.
-async fn publish(
-    cfg: &RunConfig,
-    opt: &MixedOptions,
-    plan: &Arc<Plan>,
-    publisher: &Publisher,
-    start: Instant,
-    origin: Instant,
-) -> anyhow::Result<(Vec<u64>, u64, Option<String>, PublishTimings)> {
-    let mut acked = PublishTimings::default();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, u64)>();
-    let schedule = RateSchedule::new(cfg.rate, cfg.duration);
-    let (plan2, zipf, seed) = (plan.clone(), opt.zipf, opt.seed);
-    let thread = std::thread::spawn(move || {
-        let mut picker = Picker::new(&plan2, zipf, seed);
-        let mut next_seq = vec![1u64; plan2.topics.len()];
-        for i in 0..schedule.len() {
-            let due = start + schedule.due(i);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let t = picker.pick(&plan2);
-            let seq = next_seq[t];
-            next_seq[t] += 1;
-            if tx
-                .send((t, seq, due.duration_since(origin).as_nanos() as u64))
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let mut ok = vec![0u64; plan.topics.len()];
-    let (mut errors, mut first) = (0u64, None);
-    let mut queued = Vec::with_capacity(256);
-    while rx.recv_many(&mut queued, 256).await > 0 {
-        let pipe = publisher.pool().next().pipeline();
-        for &(t, seq, sent_ns) in &queued {
-            let body = payload::build(
-                Stamp {
-                    topic: t as u32,
-                    seq,
-                    sent_ns,
-                },
-                cfg.payload,
-            );
-            let kind = if plan.topics[t].kind == TopicKind::Alerts {
-                "alert"
-            } else {
-                "delta"
-            };
-            let _: Result<(), _> = pipe
-                .fcall::<(), _, _, _>(
-                    PUBLISH_FUNCTION,
-                    plan.topics[t].name.as_str(),
-                    vec![body, kind.to_owned()],
-                )
-                .await;
-        }
-        match pipe
-            .try_all::<fred::types::Value>()
-            .await
-            .into_iter()
-            .collect::<Vec<_>>()
-        {
-            results if results.len() == queued.len() => {
-                let now = origin.elapsed().as_nanos() as u64;
-                for (&(t, _, sent_ns), r) in queued.iter().zip(results) {
-                    match r {
-                        Ok(_) => {
-                            ok[t] += 1;
-                            let stage = if plan.topics[t].kind == TopicKind::Alerts {
-                                &mut acked.alerts
-                            } else {
-                                &mut acked.deltas
-                            };
-                            stage.record_ns(now.saturating_sub(sent_ns));
-                        }
-                        Err(e) => {
-                            errors += 1;
-                            first.get_or_insert_with(|| format!("publish: {e}"));
-                        }
-                    }
-                }
-            }
-            results => bail!(
-                "pipeline answered {} of {} publishes",
-                results.len(),
-                queued.len()
-            ),
-        }
-        queued.clear();
-    }
-    thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
-    Ok((ok, errors, first, acked))
 }
 
 /// One client: connect with its token, subscribe, then account every frame until

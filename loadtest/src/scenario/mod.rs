@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod idle;
 pub mod latency;
 pub mod mixed;
+mod mixed_publish;
 pub mod mixed_run;
 pub mod storm;
 pub mod topics;
