@@ -33,6 +33,8 @@ use crate::redis_client::{classify, RedisFailure};
 /// replaced by it. Every version must keep the calls and replies of the older ones
 /// (the rule is written in the library's header).
 pub const LIBRARY_VERSION: u32 = 1;
+// 0 stands for every library from before versions.
+const _: () = assert!(LIBRARY_VERSION >= 1);
 
 /// The header line's prefix; the version follows it (`-- sluice-library-version: 1`).
 pub const VERSION_LINE: &str = "-- sluice-library-version:";
@@ -162,23 +164,6 @@ fn masters(client: &Client) -> Option<Vec<Server>> {
             .map(|s| s.unique_primary_nodes())
             .unwrap_or_default()
     })
-}
-
-/// The library's version on each master (`None`: not loaded), or why it could not
-/// be read there.
-pub async fn loaded_versions(client: &Client) -> Vec<(String, Result<Option<u32>, RedisFailure>)> {
-    let version = |r: Result<Option<String>, RedisFailure>| r.map(|c| c.map(|c| version_of(&c)));
-    match masters(client) {
-        Some(primaries) => {
-            let mut out = Vec::with_capacity(primaries.len());
-            for p in primaries {
-                let name = p.to_string();
-                out.push((name, version(listed(&client.with_cluster_node(p)).await)));
-            }
-            out
-        }
-        None => vec![(String::new(), version(listed(client).await))],
-    }
 }
 
 /// The decision for one master holding `found` (`None`: nothing), with `ours`

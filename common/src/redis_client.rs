@@ -288,7 +288,7 @@ pub async fn load_library(
 }
 
 /// A warning for each master that kept a newer library than `library`.
-pub fn warn_newer(report: &[MasterLibrary], library: &str) {
+fn warn_newer(report: &[MasterLibrary], library: &str) {
     let ours = version_of(library);
     for m in report.iter().filter(|m| m.outcome == Outcome::KeptNewer) {
         tracing::warn!(
