@@ -16,6 +16,8 @@ pub mod time_fmt;
 pub mod topic;
 
 #[cfg(feature = "publisher")]
+pub mod function_library;
+#[cfg(feature = "publisher")]
 pub mod publisher;
 #[cfg(feature = "publisher")]
 pub mod redis_client;

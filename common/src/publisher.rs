@@ -63,7 +63,8 @@ pub struct Publisher {
     /// Waits for a replica after each publish (`SLUICE_PUBLISH_REPLICAS`).
     wait: Arc<ReplicaWait>,
     /// The rendered function library, when the caller has it: loaded and retried
-    /// once on a master that lacks it. Without it such a publish fails `NotLoaded`.
+    /// once on a master that lacks it (never over a newer version). Without it such
+    /// a publish fails `NotLoaded`.
     library: Option<Arc<str>>,
 }
 
@@ -138,7 +139,9 @@ impl Publisher {
     }
 
     /// Lets this publisher load `library` (the rendered `sluice` library) into a
-    /// master that lacks it, then retry once.
+    /// master that lacks the function, then retry once. It is loaded only where no
+    /// library or an older version is (`function_library`): a newer one is left in
+    /// place with a warning, and the call is retried against it.
     pub fn with_library(mut self, library: impl Into<Arc<str>>) -> Self {
         self.library = Some(library.into());
         self

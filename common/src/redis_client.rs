@@ -1,6 +1,7 @@
 //! The Redis plumbing the node's broker and the engines' `Publisher` share: a fred
 //! `Config` for every `REDIS_URL` form (one server, Cluster, Sentinel, each with or
-//! without TLS), loading the function library on every master, the one
+//! without TLS), loading the function library on every master (by the version rule
+//! of `function_library.rs`), the one
 //! `FCALL sluice_publish` wrapper (the wait for replicas after it is in
 //! `replica_wait.rs`).
 //!
@@ -24,6 +25,7 @@ use fred::{
 };
 
 use crate::{
+    function_library::{ensure_library, version_of, MasterLibrary, Outcome, Replace},
     redact,
     redis_url::{HostPort, RedisUrl, Topology},
     StreamPosition,
@@ -270,18 +272,32 @@ pub fn classify(e: &FredError) -> RedisFailure {
     }
 }
 
-/// `FUNCTION LOAD REPLACE` of `library` on every master: each primary on Cluster,
-/// the one master otherwise (through Sentinel: the current one).
-pub async fn load_library(client: &Client, library: &str) -> Result<(), RedisFailure> {
-    let r = if client.is_clustered() {
-        client.function_load_cluster::<(), _>(true, library).await
-    } else {
-        client
-            .function_load::<String, _>(true, library)
-            .await
-            .map(|_| ())
-    };
-    r.map_err(|e| classify(&e))
+/// Loads `library` on every master that lacks it or holds an older version (each
+/// primary on Cluster, the one master otherwise, through Sentinel the current one),
+/// by the rule of [`function_library`](crate::function_library): a newer version
+/// is left in place, with a warning naming both versions. `replace` says whether
+/// the same version with another text (other history settings) is replaced too.
+pub async fn load_library(
+    client: &Client,
+    library: &str,
+    replace: Replace,
+) -> Result<Vec<MasterLibrary>, RedisFailure> {
+    let report = ensure_library(client, library, replace).await?;
+    warn_newer(&report, library);
+    Ok(report)
+}
+
+/// A warning for each master that kept a newer library than `library`.
+fn warn_newer(report: &[MasterLibrary], library: &str) {
+    let ours = version_of(library);
+    for m in report.iter().filter(|m| m.outcome == Outcome::KeptNewer) {
+        tracing::warn!(
+            master = %m.master,
+            loaded = m.found.unwrap_or_default(),
+            ours,
+            "a newer sluice function library is loaded than this program's: left in place"
+        );
+    }
 }
 
 /// One publish call: the arguments of `sluice_publish` after its key.
@@ -298,7 +314,8 @@ pub struct PublishArgs<'a> {
 /// `FCALL sluice_publish 1 <topic> <payload> <type> [<snapshot> [<meta>]]` (an
 /// empty snapshot argument when there is meta but no snapshot). When the library
 /// is missing (a new master after a failover or resharding, a restarted Redis) and
-/// `library` is given, loads it and retries once.
+/// `library` is given, loads it where it is missing or older (never over a newer
+/// one: see [`load_library`]) and retries once.
 pub async fn fcall_publish(
     client: &Client,
     args: PublishArgs<'_>,
@@ -325,7 +342,7 @@ pub async fn fcall_publish(
     };
     let result = match (call().await, library) {
         (Err(RedisFailure::NotLoaded), Some(lib)) => {
-            load_library(client, lib).await?;
+            load_library(client, lib, Replace::IfOlder).await?;
             call().await
         }
         (r, _) => r,

@@ -36,6 +36,7 @@ use fred::{
     },
 };
 use sluice_common::{
+    function_library::Replace,
     keys, redact,
     redis_client::{self, PublishArgs, RedisSettings},
     replica_wait::{ReplicaWait, WaitFailure},
@@ -68,8 +69,11 @@ const PROBE_FAILURES_FOR_DOWN: u32 = 2;
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for the connections' QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Every this many probes, check the library is still loaded (a Redis that
-/// restarted empty faster than a probe has lost it without the node noticing).
+/// Every this many probes (2 s), check each master still holds the library and not
+/// an older version: a Redis that restarted empty faster than a probe has lost it
+/// without the node noticing, and an older node that (re)started in a rolling
+/// upgrade has replaced it with its own. The check reads the library's code
+/// (`FUNCTION LIST … WITHCODE`, about 25 KB) from each master.
 const LIBRARY_CHECK_EVERY: u32 = 4;
 
 /// The function library as loaded for this node's history settings.
@@ -101,6 +105,13 @@ pub struct RedisBroker {
     /// The primaries last seen on Cluster (`host:port`, sorted): a new one gets the
     /// function library at once.
     primaries: Mutex<Vec<String>>,
+    /// The newest library version found above this node's at the last load or
+    /// check (`None`: none newer), so that is warned about once per change.
+    newer_library: Mutex<Option<u32>>,
+    /// Whether this node has loaded its library once: the first load brings its
+    /// history settings (it replaces the same version with another text), later
+    /// ones only repair a missing or older library.
+    library_started: AtomicBool,
     connected: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -168,6 +179,8 @@ impl RedisBroker {
             library: library_source(history_size, history_ttl),
             replica_wait: ReplicaWait::new(settings.replicas, settings.replica_timeout),
             primaries: Mutex::new(Vec::new()),
+            newer_library: Mutex::new(None),
+            library_started: AtomicBool::new(false),
             connected: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -175,11 +188,12 @@ impl RedisBroker {
         let first = tokio::time::timeout(CONNECT_TIMEOUT, broker.pool.wait_for_connect()).await;
         match first {
             Ok(Ok(())) => {
-                broker.load_library().await?;
+                broker.load_library(Replace::IfOlderOrOtherText).await?;
+                broker.library_started.store(true, Ordering::Release);
                 broker.primaries_changed();
                 broker.connected.store(true, Ordering::Release);
                 metrics.redis_connected.set(1.0);
-                info!(url = %shown, "connected to Redis; function library loaded");
+                info!(url = %shown, "connected to Redis; function library checked");
             }
             _ => warn!(url = %shown, "Redis is unreachable; starting not ready and retrying"),
         }
@@ -195,8 +209,9 @@ impl RedisBroker {
         Ok(broker)
     }
 
-    /// Probes Redis; on coming back, reloads the library (a Redis restarted without
-    /// persistence has lost it).
+    /// Probes Redis; on coming back, loads the library where it is missing or older
+    /// (a Redis restarted without persistence has lost it), and so every
+    /// `LIBRARY_CHECK_EVERY` probes.
     async fn watch_health(self: Arc<Self>, metrics: Arc<Metrics>) {
         let mut tick = tokio::time::interval(HEALTH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,8 +232,17 @@ impl RedisBroker {
                 && (answered || self.connected.load(Ordering::Acquire));
             let was = self.connected.load(Ordering::Acquire);
             if up && !was {
-                match self.load_library().await {
-                    Ok(()) => info!("Redis reachable again; function library reloaded"),
+                // A node that started while Redis was away brings its settings now.
+                let replace = if self.library_started.load(Ordering::Acquire) {
+                    Replace::IfOlder
+                } else {
+                    Replace::IfOlderOrOtherText
+                };
+                match self.load_library(replace).await {
+                    Ok(()) => {
+                        self.library_started.store(true, Ordering::Release);
+                        info!("Redis reachable again; function library checked");
+                    }
                     Err(e) => {
                         warn!(error = %e, "Redis is back but the library did not load");
                         continue;
@@ -227,15 +251,12 @@ impl RedisBroker {
             } else if !up && was {
                 warn!("Redis unreachable; node not ready until it is back");
             } else if up && self.primaries_changed() {
-                match self.load_library().await {
-                    Ok(()) => info!("Redis Cluster primaries changed; function library loaded"),
+                match self.load_library(Replace::IfOlder).await {
+                    Ok(()) => info!("Redis Cluster primaries changed; function library checked"),
                     Err(e) => warn!(error = %e, "new primaries, but the library did not load"),
                 }
-            } else if up && probes % LIBRARY_CHECK_EVERY == 0 && !self.library_loaded().await {
-                match self.load_library().await {
-                    Ok(()) => info!("function library was missing from Redis; reloaded"),
-                    Err(e) => warn!(error = %e, "function library is missing and did not load"),
-                }
+            } else if up && probes % LIBRARY_CHECK_EVERY == 0 {
+                self.check_library().await;
             }
             self.connected.store(up, Ordering::Release);
             metrics.redis_connected.set(if up { 1.0 } else { 0.0 });
@@ -498,5 +519,18 @@ mod tests {
         assert!(src.contains("local HISTORY_SIZE = 250\n"));
         assert!(src.contains("local HISTORY_TTL = 60\n"));
         assert!(!src.contains("__HISTORY"));
+    }
+
+    #[test]
+    fn the_library_declares_the_version_of_this_build_whatever_its_settings() {
+        use sluice_common::function_library::{version_of, LIBRARY_VERSION};
+        assert_eq!(version_of(LIBRARY), LIBRARY_VERSION);
+        let a = library_source(250, Duration::from_secs(60));
+        let b = library_source(10_000, Duration::from_secs(86_400));
+        assert_ne!(a, b);
+        assert_eq!(
+            (version_of(&a), version_of(&b)),
+            (LIBRARY_VERSION, LIBRARY_VERSION)
+        );
     }
 }

@@ -1,4 +1,5 @@
 #!lua name=sluice
+-- sluice-library-version: 1
 --
 -- Sluice's Redis Function library (Redis >= 7.0).
 --
@@ -6,6 +7,29 @@
 -- integers (entries kept per topic, seconds of TTL) and loads the result with
 -- FUNCTION LOAD REPLACE on every master. Both values must be >= 1, or the
 -- load fails.
+--
+-- Version: the line above (read with FUNCTION LIST LIBRARYNAME sluice
+-- WITHCODE; a library without it, from before versions, is version 0) equals
+-- LIBRARY_VERSION in common/src/function_library.rs. A node or an engine's
+-- Publisher loads its library on a master only when none is loaded there or an
+-- older version is; a newer one stays, whatever its history settings. Raise
+-- the version by one with every change nodes should get.
+--
+-- Compatibility, the rule every version keeps: a newer library serves older
+-- callers (nodes, Publishers, engines in any language) unchanged, since in a
+-- rolling upgrade they run against it until they are replaced:
+--   * sluice_publish 1 <topic> <payload> [<type> [<snapshot> [<meta>]]]
+--     -> {seq, epoch}
+--   * sluice_state 1 <topic> -> {seq, epoch, snap_seq, snap, snap_ts}
+--   * sluice_history 1 <topic> <from-seq> <count> -> XRANGE-shaped entries
+--     with the fields e, t, p, ts and, only when given, m
+-- keep their names, their arguments and the number, order and types of their
+-- reply elements (callers decode replies by position: an extra element breaks
+-- them). New arguments are optional and come last; new information comes from
+-- a new function or a new optional argument. The keys, their fields and the
+-- channel messages below keep their meaning: new fields may be added, since
+-- readers ignore fields they do not know, but none is renamed, dropped or
+-- given another meaning. The epoch and seq rules are never weakened.
 --
 -- Key layout for a topic T (T is also the one declared key, so every key of
 -- a topic hashes to the same cluster slot as T: topics cannot contain '{'):
