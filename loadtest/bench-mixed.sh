@@ -92,6 +92,11 @@ s = r.get("publish_acked_ms")
 if s:
     print(f'  publish stage (scheduled -> acked): deltas p50 {s["deltas"]["p50"]} p99 {s["deltas"]["p99"]} '
           f'alerts p50 {s["alerts"]["p50"]} p99 {s["alerts"]["p99"]}')
+n = r.get("node_stage_ms")
+if n:
+    print(f'  node stage (has it -> written): alerts {n["alerts"]["timed"]} p50 {n["alerts"]["p50"]} '
+          f'p99 {n["alerts"]["p99"]} | deltas (1 in 8) {n["deltas"]["timed"]} p50 {n["deltas"]["p50"]} '
+          f'p99 {n["deltas"]["p99"]} | alert p99 <= delta p50: {r.get("goal_node_stage_alert_p99_le_delta_p50")}')
 PY
 done
 done

@@ -19,5 +19,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod stage;
 pub mod target;
 pub mod ws;

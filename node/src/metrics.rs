@@ -27,6 +27,8 @@ pub const SLOW_CONSUMER_DISCONNECTS: &str = "sluice_slow_consumer_disconnects_to
 pub const RATE_LIMITED: &str = "sluice_rate_limited_total";
 pub const AUTH_FAILURES: &str = "sluice_auth_failures_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
+pub const ALERT_STAGE: &str = "sluice_alert_stage_seconds";
+pub const DELTA_STAGE: &str = "sluice_delta_stage_seconds";
 pub const PUBLISHED: &str = "sluice_published_total";
 pub const REDIS_CONNECTED: &str = "sluice_redis_connected";
 pub const HEARTBEATS_SENT: &str = "sluice_heartbeats_sent_total";
@@ -99,6 +101,13 @@ fn close_index(code: Option<u16>) -> usize {
 }
 
 /// Delivery latency buckets, seconds: sub-millisecond up to seconds.
+/// The node's own stage, seconds: fine below 10 ms, where alerts and deltas of a
+/// healthy node part.
+const STAGE_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005,
+    0.007_5, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0,
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -148,6 +157,10 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub auth_failures: Counter,
     pub delivery_latency: FixedHistogram,
+    /// From a live alert reaching the node to its frame written to the socket.
+    pub alert_stage: FixedHistogram,
+    /// The same for live deltas, one in 8 (by seq).
+    pub delta_stage: FixedHistogram,
     pub published: Counter,
     pub redis_connected: Gauge,
     pub heartbeats_sent: Counter,
@@ -272,6 +285,16 @@ impl Metrics {
                 "time from publish to socket write",
                 LATENCY_BUCKETS,
             ),
+            alert_stage: FixedHistogram::new(
+                ALERT_STAGE,
+                "time from a live alert reaching the node to its frame written to the socket",
+                STAGE_BUCKETS,
+            ),
+            delta_stage: FixedHistogram::new(
+                DELTA_STAGE,
+                "time from a live delta reaching the node to its frame written to the socket (one in 8 by seq)",
+                STAGE_BUCKETS,
+            ),
             active: AtomicI64::new(0),
             handled: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -357,6 +380,8 @@ impl Metrics {
         }
         for h in [
             &self.delivery_latency,
+            &self.alert_stage,
+            &self.delta_stage,
             &self.mailbox_depth,
             &self.outbound_bytes,
         ] {

@@ -22,6 +22,9 @@ pub struct Publication {
     pub kind: FrameType,
     /// When it was published (Unix ms), for the delivery-latency histogram.
     pub published_ms: i64,
+    /// When this node built it (read it from Redis, or took the embedded broker's
+    /// publish), for the node-stage histograms (`sluice_{alert,delta}_stage_seconds`).
+    pub received: std::time::Instant,
     /// The complete envelope JSON, ready for the socket.
     pub frame: Utf8Bytes,
     /// The gzip of `frame`, made by the first session that asks for compression
@@ -74,6 +77,7 @@ impl Origin {
             epoch: parts.epoch,
             kind: parts.kind,
             published_ms: parts.published_ms,
+            received: std::time::Instant::now(),
             frame: frame.into(),
             gzip: std::sync::OnceLock::new(),
         })

@@ -26,6 +26,7 @@ use crate::{
     payload,
     report::Report,
     run::{run_id, CpuMeter, RunConfig},
+    stage,
     target::close_code,
     ws::{Op, WsConn},
 };
@@ -128,6 +129,8 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
     let risk_engine = Publisher::connect(redis, 1).await?;
     tokio::time::sleep(cfg.settle).await;
     let meter = CpuMeter::start(&cfg.server_pids, None).await;
+    // The node's own stage per kind, from its /metrics around the window.
+    let stage_before = stage::scrape(&cfg.http).await;
 
     let start = Instant::now() + Duration::from_millis(20);
     let ns = |t: Instant| t.duration_since(live.origin).as_nanos() as u64;
@@ -223,6 +226,29 @@ pub async fn run(cfg: &RunConfig, opt: MixedOptions) -> anyhow::Result<Report> {
                "latency_ms": alerts.percentiles()}),
     );
     e.insert("foreground_delta_p50_ms".into(), delta_p50.into());
+    if let (Some(before), Some(after)) = (stage_before, stage::scrape(&cfg.http).await) {
+        let kind = |name: &str| {
+            let w = stage::window(
+                &stage::buckets(&before, name),
+                &stage::buckets(&after, name),
+            );
+            let ms = |q: f64| stage::quantile(&w, q).map(|s| (s * 1e6).round() / 1e3);
+            (w.last().map_or(0, |b| b.1), ms(0.5), ms(0.99))
+        };
+        let (alerts_n, alert_p50, alert_p99) = kind("sluice_alert_stage_seconds");
+        let (deltas_n, delta_p50, delta_p99) = kind("sluice_delta_stage_seconds");
+        e.insert(
+            "node_stage_ms".into(),
+            json!({"alerts": {"timed": alerts_n, "p50": alert_p50, "p99": alert_p99},
+                   "deltas": {"timed": deltas_n, "p50": delta_p50, "p99": delta_p99}}),
+        );
+        if let (Some(a), Some(d)) = (alert_p99, delta_p50) {
+            e.insert(
+                "goal_node_stage_alert_p99_le_delta_p50".into(),
+                (a <= d).into(),
+            );
+        }
+    }
     e.insert(
         "publish_acked_ms".into(),
         json!({"deltas": acked.deltas.percentiles(), "alerts": acked.alerts.percentiles()}),

@@ -425,8 +425,21 @@ where
 
     /// A batch of publications from the mailbox, then one flush. The delivery
     /// latency is sampled once per batch: the age of its oldest live delivery.
+    ///
+    /// The node's own stage (reaching the node to written to the socket) is timed
+    /// for every alert and one delta in 8 (by seq, so unbiased), in the foreground
+    /// only (background mode holds deltas on purpose).
     async fn on_burst(&mut self, batch: Vec<Pub>, depth: usize) -> Result<(), SessionEnd> {
         self.ctx.metrics.mailbox_depth(depth);
+        let timed: Vec<(bool, std::time::Instant)> = if self.background {
+            Vec::new()
+        } else {
+            batch
+                .iter()
+                .filter(|p| p.kind == FrameType::Alert || p.seq % 8 == 0)
+                .map(|p| (p.kind == FrameType::Alert, p.received))
+                .collect()
+        };
         if let Some(published_ms) = self.deliver_burst(batch).await? {
             let lag_ms = sluice_common::time_fmt::now_ms().saturating_sub(published_ms);
             self.ctx
@@ -434,7 +447,17 @@ where
                 .delivery_latency
                 .record(lag_ms.max(0) as f64 / 1000.0);
         }
-        self.flush().await
+        self.flush().await?;
+        let now = std::time::Instant::now();
+        for (alert, received) in timed {
+            let stage = if alert {
+                &self.ctx.metrics.alert_stage
+            } else {
+                &self.ctx.metrics.delta_stage
+            };
+            stage.record(now.saturating_duration_since(received).as_secs_f64());
+        }
+        Ok(())
     }
 }
 

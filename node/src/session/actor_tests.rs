@@ -358,6 +358,68 @@ async fn entering_background_mode_later_waits_one_whole_period_for_the_first_flu
     );
 }
 
+/// The node-stage histograms: every live alert, one delta in 8 (by seq), and
+/// nothing from a session in background mode.
+#[tokio::test(start_paused = true)]
+async fn the_node_stage_times_every_alert_and_one_delta_in_eight() {
+    use sluice_common::publisher::PublishKind::{Alert, Delta};
+    let mut h = start(app(|_| {}));
+    assert_eq!(h.next_json().await["type"], "connected");
+    h.send(json!({"type": "subscribe", "topic": "prices.A"}));
+    assert_eq!(h.next_json().await["type"], "ack");
+    for i in 1..=16 {
+        publish(&h, "prices.A", Delta, &i.to_string()).await;
+    }
+    publish(&h, "prices.A", Alert, "17").await;
+    publish(&h, "prices.A", Alert, "18").await;
+    let mut seen = 0;
+    while seen < 18 {
+        if h.next_json().await["seq"].is_u64() {
+            seen += 1;
+        }
+    }
+    // The histograms are recorded after the burst's flush.
+    tokio::task::yield_now().await;
+    let state = h.state.clone();
+    let count = move |name: &str| -> u64 {
+        let text = state.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name}_count missing"))
+    };
+    assert_eq!(count("sluice_alert_stage_seconds"), 2);
+    assert_eq!(count("sluice_delta_stage_seconds"), 2, "seqs 8 and 16");
+    h.send(json!({"type": "background_mode", "enabled": true}));
+    loop {
+        let v = h.next_json().await;
+        if v["payload"]["background_mode"] == true {
+            break;
+        }
+    }
+    for i in 19..=26 {
+        publish(&h, "prices.A", Delta, &i.to_string()).await;
+    }
+    publish(&h, "prices.A", Alert, "27").await;
+    loop {
+        let v = h.next_json().await;
+        if v["type"] == "alert" {
+            break;
+        }
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(
+        count("sluice_alert_stage_seconds"),
+        2,
+        "background: not timed"
+    );
+    assert_eq!(
+        count("sluice_delta_stage_seconds"),
+        2,
+        "background: not timed"
+    );
+}
+
 #[path = "snapshot_reads_tests.rs"]
 mod snapshot_reads;
 
