@@ -6,12 +6,18 @@
 //! holds it, shared with the hub). An idle session's queue holds no buffer at all:
 //! the buffer is allocated by the first publication and given back once a burst has
 //! been drained. The session drains a whole batch under one lock per wake-up.
+//!
+//! Alerts first, past the runtime too: the queue puts a session's alerts ahead of
+//! its deltas, but tokio runs woken tasks in the order they were woken, so a
+//! session woken earlier for deltas runs before one woken later for an alert. The
+//! [`AlertLane`] counts the mailboxes that hold an alert; while one does, a session
+//! about to write deltas only steps back once (see [`Mailbox::defer_to_alerts`]).
 
 use sluice_common::lock::MutexExt;
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
         Mutex,
     },
     task::Context,
@@ -47,6 +53,51 @@ pub enum Refused {
     Closed,
 }
 
+/// Alerts waiting in mailboxes, process-wide as the runtime's run queue is. Only
+/// *when* sessions run depends on it, never what they deliver, so its counts are
+/// relaxed.
+#[derive(Debug)]
+pub struct AlertLane {
+    /// Mailboxes holding at least one alert not yet drained.
+    waiting: AtomicUsize,
+    /// Bumped each time a mailbox starts holding an alert: a session steps back at
+    /// most once per arrival, so alerts that stay (a session blocked on its
+    /// socket) never make the others spin.
+    arrivals: AtomicU32,
+}
+
+impl AlertLane {
+    pub const fn new() -> Self {
+        AlertLane {
+            waiting: AtomicUsize::new(0),
+            arrivals: AtomicU32::new(0),
+        }
+    }
+
+    fn arrived(&self) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn left(&self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Mailboxes holding an alert now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for AlertLane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The node's lane: every session of the process shares one runtime.
+pub static ALERT_LANE: AlertLane = AlertLane::new();
+
 /// A queue that has drained keeps at most this many slots; a longer one is freed.
 const KEEP_SLOTS: usize = 8;
 
@@ -66,11 +117,13 @@ impl Queue {
         self.alerts.len() + self.items.len()
     }
 
-    fn push(&mut self, p: &Pub) {
+    /// Queues `p`; returns whether the queue started holding an alert.
+    fn push(&mut self, p: &Pub) -> bool {
         if p.kind != FrameType::Alert {
             self.items.push_back(p.clone());
-            return;
+            return false;
         }
+        let first = self.alerts.is_empty();
         // Alerts are rare: a scan of the queue per alert is cheap.
         if self.items.iter().any(|q| q.topic == p.topic) {
             let (own, rest): (VecDeque<Pub>, VecDeque<Pub>) =
@@ -79,6 +132,7 @@ impl Queue {
             self.items = rest;
         }
         self.alerts.push_back(p.clone());
+        first
     }
 
     /// A burst is over: an idle session keeps no queue buffer.
@@ -98,11 +152,18 @@ pub struct Mailbox {
     signals: AtomicU8,
     /// The session task, woken by a publication or a signal.
     waker: AtomicWaker,
+    lane: &'static AlertLane,
 }
 
 impl Mailbox {
     pub fn new(capacity: usize) -> Self {
+        Self::in_lane(capacity, &ALERT_LANE)
+    }
+
+    /// A mailbox whose alerts count in `lane` (tests use lanes of their own).
+    pub fn in_lane(capacity: usize, lane: &'static AlertLane) -> Self {
         Mailbox {
+            lane,
             queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             signals: AtomicU8::new(0),
@@ -124,7 +185,9 @@ impl Mailbox {
             if q.len() >= self.capacity {
                 return Err(Refused::Full);
             }
-            q.push(p);
+            if q.push(p) {
+                self.lane.arrived();
+            }
         }
         self.waker.wake();
         Ok(())
@@ -154,7 +217,15 @@ impl Mailbox {
     #[cfg(test)]
     pub fn try_recv(&self) -> Option<Pub> {
         let mut q = self.queue();
-        let p = q.alerts.pop_front().or_else(|| q.items.pop_front());
+        let p = match q.alerts.pop_front() {
+            Some(p) => {
+                if q.alerts.is_empty() {
+                    self.lane.left();
+                }
+                Some(p)
+            }
+            None => q.items.pop_front(),
+        };
         q.shrink();
         p
     }
@@ -165,6 +236,9 @@ impl Mailbox {
         let mut q = self.queue();
         let depth = q.len();
         let first = q.alerts.len().min(max);
+        if first > 0 && first == q.alerts.len() {
+            self.lane.left();
+        }
         out.extend(q.alerts.drain(..first));
         let rest = q.items.len().min(max - first);
         out.extend(q.items.drain(..rest));
@@ -172,11 +246,33 @@ impl Mailbox {
         depth
     }
 
+    /// Whether the session should let the runtime run other sessions before it
+    /// writes: another mailbox holds an alert that arrived since `seen` (the
+    /// arrival the session last stepped back for), and this one holds deltas but no
+    /// alert. Returns the arrival to remember. Stepping back (a wake of its own and
+    /// `Pending`) puts the session behind those queued after it, so a session
+    /// holding an alert, woken later, runs first; it is cheap, since the session
+    /// has done nothing yet.
+    pub fn defer_to_alerts(&self, seen: u32) -> Option<u32> {
+        if self.lane.waiting() == 0 {
+            return None;
+        }
+        let now = self.lane.arrivals.load(Ordering::Relaxed);
+        if now == seen {
+            return None;
+        }
+        let q = self.queue();
+        (q.alerts.is_empty() && !q.items.is_empty()).then_some(now)
+    }
+
     /// The session is gone: refuse publications from now on and drop the queued ones.
     pub fn close(&self) {
         let items = {
             let mut q = self.queue();
             q.closed = true;
+            if !q.alerts.is_empty() {
+                self.lane.left();
+            }
             (std::mem::take(&mut q.alerts), std::mem::take(&mut q.items))
         };
         drop(items);
@@ -351,5 +447,68 @@ mod tests {
         assert_eq!(m.poll_signal(&mut cx, &[Signal::Slow]), Some(Signal::Slow));
         assert_eq!(m.poll_signal(&mut cx, &[Signal::Killed]), None);
         assert!(m.is_signalled(Signal::Slow));
+    }
+
+    /// The lane counts mailboxes holding an alert: one per mailbox however many it
+    /// holds, given back when the last is drained (not a partial drain), read by
+    /// `try_recv`, or dropped by `close`; arrivals count each start of holding.
+    #[test]
+    fn the_lane_counts_mailboxes_holding_alerts() {
+        use FrameType::{Alert, Delta};
+        let lane: &'static AlertLane = Box::leak(Box::new(AlertLane::new()));
+        let arrivals = || lane.arrivals.load(Ordering::Relaxed);
+        let (a, b) = (Mailbox::in_lane(64, lane), Mailbox::in_lane(64, lane));
+        a.try_send(&on("prices.a", 1, Delta)).expect("room");
+        assert_eq!((lane.waiting(), arrivals()), (0, 0), "deltas do not count");
+        a.try_send(&on("risk.a", 1, Alert)).expect("room");
+        a.try_send(&on("risk.a", 2, Alert)).expect("room");
+        a.try_send(&on("risk.b", 1, Alert)).expect("room");
+        assert_eq!((lane.waiting(), arrivals()), (1, 1), "one per mailbox");
+        b.try_send(&on("risk.c", 1, Alert)).expect("room");
+        assert_eq!((lane.waiting(), arrivals()), (2, 2));
+
+        // A drain that leaves an alert behind keeps the count.
+        assert_eq!(drained(&a, 2), ["risk.a/1", "risk.a/2"]);
+        assert_eq!(lane.waiting(), 2);
+        assert_eq!(drained(&a, 8), ["risk.b/1", "prices.a/1"]);
+        assert_eq!(lane.waiting(), 1);
+        assert_eq!(b.try_recv().map(|p| p.seq), Some(1));
+        assert_eq!(lane.waiting(), 0);
+
+        // Holding again is a new arrival; closing gives the count back.
+        b.try_send(&on("risk.c", 2, Alert)).expect("room");
+        assert_eq!((lane.waiting(), arrivals()), (1, 3));
+        b.close();
+        assert_eq!(lane.waiting(), 0);
+        assert_eq!(b.try_send(&on("risk.c", 3, Alert)), Err(Refused::Closed));
+        assert_eq!((lane.waiting(), arrivals()), (0, 3));
+    }
+
+    /// A session with deltas steps back once per alert arrival elsewhere; never
+    /// when it holds an alert itself, holds nothing, or no alert waits.
+    #[test]
+    fn a_mailbox_with_deltas_defers_once_per_alert_arrival_elsewhere() {
+        use FrameType::{Alert, Delta};
+        let lane: &'static AlertLane = Box::leak(Box::new(AlertLane::new()));
+        let (a, b) = (Mailbox::in_lane(64, lane), Mailbox::in_lane(64, lane));
+        assert_eq!(a.defer_to_alerts(0), None, "no alert anywhere");
+        b.try_send(&on("risk.b", 1, Alert)).expect("room");
+        assert_eq!(a.defer_to_alerts(0), None, "nothing to write");
+        a.try_send(&on("prices.a", 1, Delta)).expect("room");
+        let seen = a.defer_to_alerts(0).expect("an alert waits elsewhere");
+        assert_eq!(seen, 1);
+        assert_eq!(a.defer_to_alerts(seen), None, "once per arrival");
+        assert_eq!(b.defer_to_alerts(0), None, "b holds the alert: it writes");
+
+        // A later arrival (b drained, then another alert) is worth one more.
+        let mut out = Vec::new();
+        b.drain_into(&mut out, 8);
+        assert_eq!(a.defer_to_alerts(seen), None, "nothing waits now");
+        b.try_send(&on("risk.b", 2, Alert)).expect("room");
+        assert_eq!(a.defer_to_alerts(seen), Some(2));
+
+        // A mailbox holding an alert of its own never defers.
+        a.try_send(&on("risk.a", 1, Alert)).expect("room");
+        assert_eq!(a.defer_to_alerts(0), None);
     }
 }

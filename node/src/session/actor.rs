@@ -51,6 +51,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How many queued publications are written before one flush.
 const WRITE_BURST: usize = 64;
+/// How many times in a row a session with deltas to write steps back for alerts
+/// of other sessions (once per alert arrival): a bound on what a stream of alerts
+/// costs the deltas, a few passes of the run queue.
+const MAX_DEFERS: u8 = 3;
 /// The signals that interrupt a write or a flush.
 pub(super) const WHILE_WRITING: [Signal; 2] = [Signal::Stop, Signal::Slow];
 
@@ -85,6 +89,10 @@ pub struct Session<S> {
     /// Frames written since the last flush, for the metrics.
     pub(super) tally: Tally,
     initial: Vec<SubscribeEntry>,
+    /// The alert arrival this session last stepped back for, and how many times it
+    /// has since its last drain ([`crate::hub::Mailbox::defer_to_alerts`]).
+    deferred_for: u32,
+    defers: u8,
 }
 
 impl<S> std::fmt::Debug for Session<S> {
@@ -147,6 +155,8 @@ where
             batcher: Batcher::default(),
             tally: Tally::default(),
             initial: params.initial,
+            deferred_for: 0,
+            defers: 0,
         }
     }
 
@@ -346,10 +356,22 @@ where
         }
         // `poll_signal` registered the task: a publication queued after this look
         // wakes it, so the mailbox is read without registering twice.
+        if self.defers < MAX_DEFERS {
+            if let Some(arrival) = mailbox.defer_to_alerts(self.deferred_for) {
+                // Another session holds an alert: let the runtime run it first.
+                self.deferred_for = arrival;
+                self.defers += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         let mut batch = Vec::new();
         match mailbox.drain_into(&mut batch, WRITE_BURST) {
             0 => {}
-            depth => return Poll::Ready(Wake::Batch(batch, depth)),
+            depth => {
+                self.defers = 0;
+                return Poll::Ready(Wake::Batch(batch, depth));
+            }
         }
         if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Frame(frame));

@@ -107,17 +107,17 @@ impl Harness {
     }
 
     async fn next_json(&mut self) -> Value {
-        loop {
-            match self
-                .from_session
-                .recv()
-                .await
-                .expect("session wrote something")
-            {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-                Message::Ping(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
-            }
+        next_json(&mut self.from_session).await
+    }
+}
+
+/// The next text frame a session wrote, as JSON (pings skipped).
+async fn next_json(from_session: &mut mpsc::UnboundedReceiver<Message>) -> Value {
+    loop {
+        match from_session.recv().await.expect("session wrote something") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
         }
     }
 }
@@ -221,8 +221,17 @@ async fn publish(
     kind: sluice_common::publisher::PublishKind,
     payload: &str,
 ) {
+    publish_on(&h.state, topic, kind, payload).await;
+}
+
+async fn publish_on(
+    state: &AppState,
+    topic: &str,
+    kind: sluice_common::publisher::PublishKind,
+    payload: &str,
+) {
     let topic = sluice_common::Topic::parse(topic).expect("topic");
-    h.state
+    state
         .broker
         .publish(crate::broker::PublishRequest {
             topic: &topic,
@@ -273,6 +282,73 @@ async fn a_backlogged_session_writes_its_alerts_before_queued_deltas_of_other_to
     assert_eq!(
         order, want,
         "the alert (with its topic's earlier delta) first, then the backlog in seq order"
+    );
+}
+
+/// Starts session `id` on `state`, writing into the shared `outgoing` (so the
+/// order in which sessions write is the order the test reads); returns the sender
+/// of its incoming frames.
+fn start_sharing(
+    state: &Arc<AppState>,
+    id: u64,
+    outgoing: mpsc::UnboundedSender<Message>,
+) -> mpsc::UnboundedSender<Message> {
+    let (to_session, incoming) = mpsc::unbounded_channel();
+    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, 64));
+    let params = SessionParams {
+        id,
+        info,
+        initial: Vec::new(),
+        background: false,
+        identity: None,
+    };
+    let session = Session::new(
+        state.session.clone(),
+        ChanSocket { incoming, outgoing },
+        params,
+    );
+    tokio::spawn(session.run());
+    to_session
+}
+
+/// Alerts first across sessions: the runtime runs woken tasks in the order they
+/// were woken, so session A (woken for a delta) would write before B (woken for a
+/// delta, then given an alert). A steps back once, and B writes first.
+#[tokio::test(start_paused = true)]
+async fn a_session_with_only_deltas_lets_one_holding_an_alert_write_first() {
+    use sluice_common::publisher::PublishKind::{Alert, Delta};
+    let state = app(|_| {});
+    let (outgoing, mut from_sessions) = mpsc::unbounded_channel();
+    let a = start_sharing(&state, 1, outgoing.clone());
+    let b = start_sharing(&state, 2, outgoing);
+    let rx = &mut from_sessions;
+    assert_eq!(next_json(rx).await["type"], "connected");
+    assert_eq!(next_json(rx).await["type"], "connected");
+    let send = |to: &mpsc::UnboundedSender<Message>, v: Value| {
+        to.send(Message::Text(v.to_string().into()))
+            .expect("session alive")
+    };
+    send(&a, json!({"type": "subscribe", "topic": "prices.A"}));
+    assert_eq!(next_json(rx).await["type"], "ack");
+    send(
+        &b,
+        json!({"type": "subscribe", "topics": ["prices.B", "news.B"]}),
+    );
+    assert_eq!(next_json(rx).await["type"], "ack");
+    assert_eq!(next_json(rx).await["type"], "ack");
+    // Nothing yields while the test publishes: A is woken first, then B, whose
+    // alert comes last.
+    publish_on(&state, "prices.A", Delta, "1").await;
+    publish_on(&state, "prices.B", Delta, "1").await;
+    publish_on(&state, "news.B", Alert, "1").await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(tag(&next_json(rx).await));
+    }
+    assert_eq!(
+        order,
+        ["alert/news.B/1", "delta/prices.B/1", "delta/prices.A/1"],
+        "B's alert (then its delta) before A's delta"
     );
 }
 
