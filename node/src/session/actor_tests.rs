@@ -77,20 +77,25 @@ fn app(tweak: impl FnOnce(&mut Config)) -> Arc<AppState> {
     Arc::new(AppState::new(config, hub, broker, metrics, auth))
 }
 
-fn start(state: Arc<AppState>) -> Harness {
-    let (to_session, incoming) = mpsc::unbounded_channel();
-    let (outgoing, from_session) = mpsc::unbounded_channel();
-    let socket = ChanSocket { incoming, outgoing };
-    let queue = state.config.queue_size;
+/// Session `id` of `state` over `socket`: in the foreground, with `queue` slots and
+/// nothing subscribed on connect.
+fn new_session(state: &AppState, id: u64, queue: usize, socket: ChanSocket) -> Session<ChanSocket> {
     let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, queue));
     let params = SessionParams {
-        id: 1,
+        id,
         info,
         initial: Vec::new(),
         background: false,
         identity: None,
     };
-    let session = Session::new(state.session.clone(), socket, params);
+    Session::new(state.session.clone(), socket, params)
+}
+
+fn start(state: Arc<AppState>) -> Harness {
+    let (to_session, incoming) = mpsc::unbounded_channel();
+    let (outgoing, from_session) = mpsc::unbounded_channel();
+    let socket = ChanSocket { incoming, outgoing };
+    let session = new_session(&state, 1, state.config.queue_size, socket);
     Harness {
         to_session,
         from_session,
@@ -196,19 +201,7 @@ fn an_idle_session_task_is_small() {
         .build()
         .expect("rt");
     let state = rt.block_on(async { app(|_| {}) });
-    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, 16));
-    let params = SessionParams {
-        id: 1,
-        info,
-        initial: Vec::new(),
-        background: false,
-        identity: None,
-    };
-    let session = Session::new(
-        state.session.clone(),
-        ChanSocket { incoming, outgoing },
-        params,
-    );
+    let session = new_session(&state, 1, 16, ChanSocket { incoming, outgoing });
     let fut = session.run();
     let size = std::mem::size_of_val(&fut);
     println!("session future: {size} bytes");
@@ -294,20 +287,7 @@ fn start_sharing(
     outgoing: mpsc::UnboundedSender<Message>,
 ) -> mpsc::UnboundedSender<Message> {
     let (to_session, incoming) = mpsc::unbounded_channel();
-    let info = Arc::new(SessionInfo::new(([127, 0, 0, 1], 1).into(), None, 64));
-    let params = SessionParams {
-        id,
-        info,
-        initial: Vec::new(),
-        background: false,
-        identity: None,
-    };
-    let session = Session::new(
-        state.session.clone(),
-        ChanSocket { incoming, outgoing },
-        params,
-    );
-    tokio::spawn(session.run());
+    tokio::spawn(new_session(state, id, 64, ChanSocket { incoming, outgoing }).run());
     to_session
 }
 
